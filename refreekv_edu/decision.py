@@ -1,0 +1,164 @@
+"""What a policy decided: :class:`LayerDecision` per layer, :class:`Trace` per prompt.
+
+Both are plain dataclasses of numpy arrays and round-trip through JSON, so a trace
+saved on a GPU machine can be explored in a notebook with no model installed.
+A decision stores the attention it was made from (``scores``, ``last_attn``), which
+lets widgets and the threshold playground re-decide at any threshold instantly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_ARRAY_FIELDS = {
+    "kept": np.int64,
+    "order": np.int64,
+    "scores": np.float32,
+    "last_attn": np.float32,
+    "curve": np.float32,
+}
+
+
+@dataclass
+class LayerDecision:
+    """One layer's eviction decision.
+
+    Shapes: ``H`` is the number of heads that own a kept set: ``Hkv`` for ``gqa="group"``, ``Hq`` for
+    ``gqa="expand"`` (and for non-GQA models, where both are equal). ``n = prompt_len - window`` candidates.
+
+    Attributes:
+        kept: ``(H, n_kept)`` int64, kept prompt positions per head, ascending; always ends with the
+            window positions ``[L - w, L)``.
+        order: ``(H, n)`` int64, candidate indices least important first (ties: older first).
+        scores: ``(H, n)`` float32, the ranking score of each candidate (higher = more important).
+        last_attn: ``(Hq, n)`` float32, the halting signal ``a``: last prompt token's attention on candidates.
+        curve: ``(n,)`` float32, ``ratio(e)`` for ``e = 0 .. n-1`` (empty when ``n == 0`` or not computed).
+        n_evicted: ``e*``, candidates evicted per head.
+        prompt_len: ``L``.
+        window: ``w`` actually protected (``min(window, L)``).
+        threshold: the halting threshold used (``None`` for fixed budgets / full cache).
+        policy: policy name, e.g. ``"refreekv"``, ``"fixed"``, ``"full"``.
+        ranking: ranking name.
+        gqa: ``"group"`` or ``"expand"``.
+        layer: layer index in the model (``None`` when decided standalone).
+        group_size: ``G = Hq / Hkv``.
+    """
+
+    kept: np.ndarray
+    order: np.ndarray
+    scores: np.ndarray
+    last_attn: np.ndarray
+    curve: np.ndarray
+    n_evicted: int
+    prompt_len: int
+    window: int
+    threshold: float | None
+    policy: str
+    ranking: str
+    gqa: str
+    layer: int | None = None
+    group_size: int = 1
+
+    @property
+    def n_candidates(self) -> int:
+        """``n = L - w``."""
+        return max(self.prompt_len - self.window, 0)
+
+    @property
+    def n_kept(self) -> int:
+        """Rows kept per head (candidates kept plus the window)."""
+        return int(self.kept.shape[1])
+
+    @property
+    def budget(self) -> float:
+        """Fraction of the prompt's rows kept: ``(n - e* + w) / L`` (1.0 for an empty prompt)."""
+        return self.n_kept / self.prompt_len if self.prompt_len else 1.0
+
+    @property
+    def num_heads(self) -> int:
+        """``H``, the heads that own a kept set."""
+        return int(self.kept.shape[0])
+
+    def evicted_mask(self) -> np.ndarray:
+        """``(H, L)`` bool, True where a position was evicted from that head."""
+        mask = np.ones((self.num_heads, self.prompt_len), dtype=bool)
+        np.put_along_axis(mask, self.kept, False, axis=1)
+        return mask
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for name in _ARRAY_FIELDS:
+            out[name] = np.asarray(out[name]).tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerDecision:
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for name, dtype in _ARRAY_FIELDS.items():
+            arr = np.asarray(kwargs[name], dtype=dtype)
+            if name in {"kept", "order", "scores", "last_attn"} and arr.ndim == 1 and arr.size == 0:
+                arr = arr.reshape(-1, 0) if name != "kept" else arr.reshape(0, 0)
+            kwargs[name] = arr
+        return cls(**kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"LayerDecision(layer={self.layer}, policy={self.policy!r}, L={self.prompt_len}, w={self.window}, "
+            f"heads={self.num_heads}, evicted={self.n_evicted}/{self.n_candidates}, budget={self.budget:.3f})"
+        )
+
+
+@dataclass
+class Trace:
+    """All layers' decisions for one prompt, plus what is needed to show them.
+
+    Attributes:
+        layers: one :class:`LayerDecision` per compressed layer, in model order (layers a policy leaves
+            alone, e.g. Gemma 3 sliding-window layers, are absent; see each decision's ``layer``).
+        tokens: the prompt's tokens as display strings, length ``L`` (may be empty).
+        meta: free-form: model name, policy config, backend, ...
+    """
+
+    layers: list[LayerDecision] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def budgets(self) -> np.ndarray:
+        """``(num_layers,)`` per-layer budgets."""
+        return np.array([d.budget for d in self.layers], dtype=np.float64)
+
+    @property
+    def mean_budget(self) -> float:
+        """Average fraction of prompt rows kept over layers (what a fair fixed-budget baseline should use)."""
+        return float(self.budgets.mean()) if self.layers else 1.0
+
+    def to_json(self) -> str:
+        return json.dumps({"layers": [d.to_dict() for d in self.layers], "tokens": self.tokens, "meta": self.meta})
+
+    @classmethod
+    def from_json(cls, text: str) -> Trace:
+        data = json.loads(text)
+        return cls(
+            layers=[LayerDecision.from_dict(d) for d in data["layers"]],
+            tokens=list(data.get("tokens", [])),
+            meta=dict(data.get("meta", {})),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        return cls.from_json(Path(path).read_text())
+
+    def __repr__(self) -> str:
+        return f"Trace(layers={len(self.layers)}, tokens={len(self.tokens)}, mean_budget={self.mean_budget:.3f})"

@@ -1,0 +1,133 @@
+"""The halting rule: the retained-norm curve and the cut (steps 5-6 of the algorithm).
+
+Notation (numpy arrays, float32):
+
+- ``a`` with shape ``(H, n)``: the halting signal, the last prompt token's attention on each of the
+  ``n`` candidates, per query head ``h``.
+- ``order`` with shape ``(H_o, n)``: each head's candidate indices, least important first. ``H_o`` is ``H``
+  (one order per query head) or divides ``H``: with GQA in ``group`` mode the ``G = H / H_o``
+  consecutive query heads of a KV head share that KV head's order.
+
+For every eviction count ``e = 0 .. n-1`` (evict the ``e`` least important candidates of each head)::
+
+    r_h(e)   = sqrt( sum_{k >= e} a[h, order[h, k]]^2 )         # L2 norm of the attention still kept
+    R(e)     = mean_h r_h(e)
+    ratio(e) = (R(0) - R(e)) / R(0)                              # share of the norm lost, non-decreasing
+    e*       = max { e in [0, n-1] : ratio(e) <= threshold }     # evict as much as stays within the threshold
+
+``e <= n - 1`` means at least one candidate always stays. If ``R(0) == 0`` (no candidate receives any
+attention) nothing can be lost, ``ratio`` is 0 everywhere and ``e* = n - 1``. The tail sums are computed
+as a *reverse scan* of the squares, never as ``total - prefix``, which goes slightly negative in float32
+and turns ``sqrt`` into NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import Array, Backend
+
+
+def check_threshold(threshold: float) -> float:
+    """Return ``threshold`` as a float if it lies in ``[0, 1)``, else raise a ValueError saying why."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise TypeError(f"threshold must be a number in [0, 1), got {threshold!r}") from None
+    if not np.isfinite(value) or not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"threshold must lie in [0, 1) (the share of the attention norm you accept to lose), got {threshold!r}; "
+            "the paper's default is 0.05"
+        )
+    return value
+
+
+def expand_order(order: np.ndarray, num_heads: int) -> np.ndarray:
+    """Repeat each row of ``order`` ``(H_o, n)`` so that it serves ``num_heads`` heads: ``(num_heads, n)``."""
+    if num_heads % order.shape[0]:
+        raise ValueError(
+            f"order has {order.shape[0]} rows, which does not divide the {num_heads} heads of last_attn; "
+            "pass one order per head, or one per KV head of a GQA group"
+        )
+    return np.repeat(order, num_heads // order.shape[0], axis=0)
+
+
+def ratio_from_norms(mean_norms: np.ndarray) -> np.ndarray:
+    """``ratio(e) = (R(0) - R(e)) / R(0)`` from ``R`` of shape ``(n,)``; all zeros when ``R(0) == 0``."""
+    mean_norms = np.asarray(mean_norms, dtype=np.float32)
+    if mean_norms.size == 0 or mean_norms[0] <= 0:
+        return np.zeros_like(mean_norms)
+    return ((mean_norms[0] - mean_norms) / mean_norms[0]).astype(np.float32)
+
+
+def cut_from_ratio(ratio: np.ndarray, threshold: float) -> int:
+    """``e* = max { e : ratio(e) <= threshold }`` for ``ratio`` of shape ``(n,)`` (0 when ``n <= 1``)."""
+    ok = np.flatnonzero(np.asarray(ratio) <= threshold)
+    return int(ok[-1]) if ok.size else 0
+
+
+def mean_retained_norm(a_sorted: Array, be: Backend) -> Array:
+    """``R(e)`` for ``e = 0 .. n-1`` from ``a_sorted`` ``(H, n)`` (each row ordered least important first): ``(n,)``."""
+    return be.halting_curve(a_sorted)
+
+
+def _validate(last_attn: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    last_attn = np.asarray(last_attn, dtype=np.float32)
+    order = np.asarray(order)
+    if last_attn.ndim != 2 or order.ndim != 2:
+        raise ValueError(f"last_attn and order must be 2-D (H, n); got shapes {last_attn.shape} and {order.shape}")
+    if order.shape[1] != last_attn.shape[1]:
+        raise ValueError(f"last_attn has n={last_attn.shape[1]} candidates but order has n={order.shape[1]}")
+    if not np.all(np.isfinite(last_attn)):
+        raise ValueError("last_attn contains NaN or inf; check the attention computation upstream")
+    n = order.shape[1]
+    if not np.issubdtype(order.dtype, np.integer) or (
+        n and not np.array_equal(np.sort(order, axis=1), np.broadcast_to(np.arange(n), order.shape))
+    ):
+        raise ValueError("each row of order must be a permutation of 0..n-1 (candidate indices, least important first)")
+    return last_attn, expand_order(order, last_attn.shape[0])
+
+
+def halting_curve(last_attn: np.ndarray, order: np.ndarray, backend: str | Backend = "numpy") -> np.ndarray:
+    """The ratio curve of step 5.
+
+    Args:
+        last_attn: ``(H, n)`` halting signal ``a`` (non-negative).
+        order: ``(H, n)`` or ``(H / G, n)`` candidate indices, least important first.
+        backend: backend that computes the scan (default numpy reference).
+
+    Returns:
+        ``(n,)`` float32 ``ratio(e)``, ``e = 0 .. n-1``; non-decreasing.
+    """
+    from .backend import get_backend
+
+    last_attn, order = _validate(last_attn, order)
+    if last_attn.shape[1] == 0:
+        return np.zeros(0, dtype=np.float32)
+    be = get_backend(backend)
+    a_sorted = np.take_along_axis(last_attn, order, axis=1)
+    return ratio_from_norms(be.to_numpy(mean_retained_norm(be.asarray(a_sorted), be)))
+
+
+def halting_cut(last_attn: np.ndarray, order: np.ndarray, threshold: float) -> int:
+    """The conformance point: ``e*``, how many candidates each head evicts (step 6).
+
+    Args:
+        last_attn: ``(H, n)`` float, the last prompt token's attention on the ``n`` candidates per query head.
+        order: ``(H, n)`` (or ``(H / G, n)`` for GQA groups) int, candidate indices least important first.
+        threshold: in ``[0, 1)``; the largest share of the mean retained L2 norm that may be lost.
+
+    Returns:
+        ``e* = max { e in [0, n-1] : ratio(e) <= threshold }`` (0 when ``n <= 1``).
+
+    Example:
+        >>> import numpy as np
+        >>> a = np.array([[0.1, 0.0, 0.7, 0.2]])
+        >>> order = np.argsort(a, axis=1, kind="stable")      # least attended first: [1, 0, 3, 2]
+        >>> halting_cut(a, order, threshold=0.02)             # dropping 0.0 and 0.1 loses 0.9% of the norm
+        2
+        >>> halting_cut(a, order, threshold=0.05)             # dropping 0.2 as well loses 4.7%; one candidate stays
+        3
+    """
+    threshold = check_threshold(threshold)
+    return cut_from_ratio(halting_curve(last_attn, order), threshold)

