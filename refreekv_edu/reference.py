@@ -36,8 +36,11 @@ class NumpyBackend(Backend):
         return np.swapaxes(x, -1, -2)
 
     def softmax(self, x: np.ndarray, axis: int = -1) -> np.ndarray:
-        shifted = x - np.max(x, axis=axis, keepdims=True)
+        shifted = (x - np.max(x, axis=axis, keepdims=True)).astype(np.float32)
         e = np.exp(shifted)
+        # GPUs (and MLX/torch CPU kernels) flush subnormal results to zero; do the same, so that
+        # underflowed attention ties exactly at 0 on every backend and tie-breaking agrees.
+        e[e < np.finfo(np.float32).tiny] = 0.0
         return (e / np.sum(e, axis=axis, keepdims=True)).astype(np.float32)
 
     def cumsum(self, x: np.ndarray, axis: int = -1, reverse: bool = False) -> np.ndarray:
