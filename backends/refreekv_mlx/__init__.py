@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MLXBackend"]
+__all__ = ["MLXBackend", "CompressedKVCache", "load_prompt_cache", "register_with_mlx_lm"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from .backend import MLXBackend
 
         return MLXBackend
+    if name in {"CompressedKVCache", "load_prompt_cache", "register_with_mlx_lm"}:
+        from . import cache
+
+        return getattr(cache, name)
     raise AttributeError(f"module 'refreekv_mlx' has no attribute {name!r}")
