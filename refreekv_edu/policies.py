@@ -124,9 +124,8 @@ class Policy:
 
         # Step 2 - window attention P = softmax(scale * Q K^T + causal mask), reduced on the fly to
         # the window rows' column sums and the last row, both (Hq, n). Keys are repeated to Hq heads.
-        q = be.asarray(queries)
-        q = q[:, q.shape[1] - window :, :]  # the observation window: the last w queries
-        k = be.repeat_heads(be.asarray(keys), groups)
+        q = queries[:, queries.shape[1] - window :, :]  # the observation window: the last w queries
+        k = be.repeat_heads(keys, groups)
         col_sum, last_attn = be.window_scores(q, k, scale, window)
 
         # Step 3 - rank the candidates, least important first (stable sort: ties evict older first).
@@ -182,7 +181,10 @@ class Policy:
         )
 
     def _validate(self, queries: Any, keys: Any, be: Backend) -> tuple[Array, Array]:
-        """Check shapes, dtypes and values; drop a batch axis of size 1. Raises ValueError/TypeError saying what to do."""
+        """Check shapes, dtypes and values; drop a batch axis of size 1; convert to float32 arrays of ``be``.
+
+        Raises ValueError/TypeError saying what was wrong and what to do.
+        """
         for label, x in (("queries", queries), ("keys", keys)):
             if not hasattr(x, "shape"):
                 raise TypeError(f"{label} must be an array (numpy, torch or mlx), got {type(x).__name__}")
@@ -216,6 +218,7 @@ class Policy:
             raise ValueError(
                 f"queries must hold the last m positions with min(window, L)={min(self.window, length)} <= m <= L={length}, got m={m}"
             )
+        queries, keys = be.asarray(queries), be.asarray(keys)  # float32 on this backend from here on
         if not be.all_finite(queries) or not be.all_finite(keys):
             raise ValueError("queries or keys contain NaN or inf; check the model's prefill (overflow in float16?)")
         return queries, keys
