@@ -8,6 +8,8 @@ import sys
 
 from . import __version__
 from .backend import auto_backend_name, available_backends
+from .demo import add_arguments as add_demo_arguments
+from .demo import run_from_args as run_demo_from_args
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -31,14 +33,6 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Full cache vs ReFreeKV on the bundled model and a long-context passkey prompt."""
-    from .demo import run_demo
-
-    run_demo(backend=args.backend, out_dir=args.out, threshold=args.threshold, max_new_tokens=args.max_new_tokens)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refreekv-edu", description="ReFreeKV: threshold-free KV-cache pruning")
     parser.add_argument("--version", action="version", version=f"refreekv_edu {__version__}")
@@ -52,11 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch_model)
 
     p = sub.add_parser("demo", help="full cache vs ReFreeKV on the bundled model (passkey in ~1.5k tokens)")
-    p.add_argument("--backend", default="auto", help="torch | mlx | auto (default)")
-    p.add_argument("--out", default="refreekv_demo", help="directory for the per-layer budget plot")
-    p.add_argument("--threshold", type=float, default=0.05)
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.set_defaults(func=cmd_demo)
+    add_demo_arguments(p)
+    p.set_defaults(func=run_demo_from_args)
 
     try:
         from .eval.cli import add_eval_arguments, run_eval_from_args

@@ -1,0 +1,178 @@
+"""Where Hugging Face model families differ, in one place.
+
+ReFreeKV needs three things from each attention layer of a transformers model:
+
+1. the **post-RoPE queries** of the last ``w`` prompt positions, recomputed from the layer's
+   input (the model never stores queries);
+2. the **attention scale** the model really uses (Gemma 3 does not use ``1/sqrt(D)``);
+3. whether the layer is a **sliding-window** layer, whose rotating cache we leave alone.
+
+Everything else (the cache layout ``(batch, Hkv, L, D)``, post-RoPE keys in the cache,
+``rotate_half`` RoPE) is the same across the supported families:
+
+=============  ============================================  ===========================
+model_type     query path                                    scale
+=============  ============================================  ===========================
+llama          q_proj -> RoPE                                ``attn.scaling`` (1/sqrt D)
+mistral        q_proj -> RoPE                                ``attn.scaling``
+qwen2          q_proj (with bias) -> RoPE                    ``attn.scaling``
+qwen3          q_proj -> q_norm (per head) -> RoPE           ``attn.scaling``
+gemma3_text    q_proj -> q_norm (per head) -> RoPE           ``query_pre_attn_scalar**-0.5``
+=============  ============================================  ===========================
+
+Adding a family means adding a row to :data:`QUERY_NORM` (and checking the table above).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+#: model_type -> whether the query goes through a per-head ``q_norm`` before RoPE.
+QUERY_NORM: dict[str, bool] = {
+    "llama": False,
+    "mistral": False,
+    "qwen2": False,
+    "qwen3": True,
+    "gemma3_text": True,
+}
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(QUERY_NORM)
+
+
+class UnsupportedModelError(ValueError):
+    """The model's family is not one the adapter knows how to read queries from."""
+
+
+@dataclass
+class AttentionLayerInfo:
+    """What ReFreeKV needs to know about one attention layer.
+
+    Attributes:
+        index: layer index in the model (also the cache layer index).
+        attn: the ``self_attn`` module (holds ``q_proj``, ``q_norm``, ``scaling``).
+        num_heads: ``Hq``.
+        num_kv_heads: ``Hkv``.
+        head_dim: ``D``.
+        scale: the attention scale the model multiplies ``Q K^T`` by.
+        sliding_window: the window size of a sliding-window layer, ``None`` for full attention.
+        q_norm: the per-head query norm applied before RoPE (qwen3, gemma3), else ``None``.
+    """
+
+    index: int
+    attn: torch.nn.Module
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scale: float
+    sliding_window: int | None
+    q_norm: torch.nn.Module | None = None
+
+    @property
+    def is_sliding(self) -> bool:
+        return self.sliding_window is not None
+
+
+def text_config(model: Any) -> Any:
+    """The decoder config (the model config itself for text-only models)."""
+    config = model.config
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def model_type(model: Any) -> str:
+    return str(getattr(text_config(model), "model_type", type(model).__name__))
+
+
+def check_supported(model: Any) -> str:
+    """Return the model_type, or raise :class:`UnsupportedModelError` listing the supported families."""
+    kind = model_type(model)
+    if kind not in QUERY_NORM:
+        raise UnsupportedModelError(
+            f"model_type {kind!r} is not supported by the refreekv transformers adapter; supported: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}. Add a row to refreekv_torch/hf_adapter.py:QUERY_NORM "
+            "after checking how that family computes its queries."
+        )
+    return kind
+
+
+def decoder_layers(model: Any) -> list[torch.nn.Module]:
+    """The decoder layers, in order (``model.model.layers`` for every supported family)."""
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise UnsupportedModelError(
+            f"cannot find decoder layers on {type(model).__name__} (expected model.model.layers)"
+        )
+    return list(layers)
+
+
+def attention_layers(model: Any) -> list[AttentionLayerInfo]:
+    """One :class:`AttentionLayerInfo` per decoder layer."""
+    kind = check_supported(model)
+    config = text_config(model)
+    num_heads = int(config.num_attention_heads)
+    num_kv_heads = int(getattr(config, "num_key_value_heads", None) or num_heads)
+    infos = []
+    for index, layer in enumerate(decoder_layers(model)):
+        attn = layer.self_attn
+        head_dim = int(getattr(attn, "head_dim", None) or config.hidden_size // num_heads)
+        infos.append(
+            AttentionLayerInfo(
+                index=index,
+                attn=attn,
+                num_heads=num_heads,
+                num_kv_heads=num_kv_heads,
+                head_dim=head_dim,
+                scale=float(attn.scaling),
+                sliding_window=_sliding_window(attn, config, index, kind),
+                q_norm=attn.q_norm if QUERY_NORM[kind] else None,
+            )
+        )
+    return infos
+
+
+def _sliding_window(attn: torch.nn.Module, config: Any, index: int, kind: str) -> int | None:
+    # qwen2/qwen3/gemma3 set attn.sliding_window (None on full layers); mistral reads the config for
+    # every layer; layer_types (when present) is the authority.
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return int(config.sliding_window) if layer_types[index] == "sliding_attention" else None
+    window = getattr(attn, "sliding_window", None)
+    if window is None and kind == "mistral":
+        window = getattr(config, "sliding_window", None)
+    return int(window) if window else None
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``[x1, x2] -> [-x2, x1]`` on the last axis: the RoPE convention of every supported family."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def observation_queries(
+    info: AttentionLayerInfo,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """Recompute the post-RoPE queries of the observation window, exactly as the layer did in prefill.
+
+    Args:
+        info: the layer.
+        hidden: ``(1, w, hidden_size)``, the attention input (after ``input_layernorm``) of the last ``w``
+            prompt positions.
+        position_embeddings: ``(cos, sin)``, each ``(1, w, D)``, for the same positions.
+
+    Returns:
+        ``(Hq, w, D)`` float32 post-RoPE queries.
+    """
+    attn = info.attn
+    batch, w, _ = hidden.shape
+    q = attn.q_proj(hidden).view(batch, w, info.num_heads, info.head_dim)
+    if info.q_norm is not None:
+        q = info.q_norm(q)  # per-head RMSNorm over D, before RoPE
+    q = q.transpose(1, 2)  # (1, Hq, w, D)
+    cos, sin = (t.unsqueeze(1) for t in position_embeddings)  # (1, 1, w, D)
+    q = q * cos + rotate_half(q) * sin
+    return q[0].float()
