@@ -51,11 +51,11 @@ class Backend:
 
     # ------------------------------------------------------------------ vocabulary
     def asarray(self, x: Any, dtype: str = "float32") -> Array:
-        """Convert ``x`` (numpy, list, or another backend's array) to this backend; dtype ``"float32"`` or ``"int64"``."""
+        """Convert ``x`` (numpy, list, or another backend's array; any shape) to this backend, same shape; dtype ``"float32"`` or ``"int64"``."""
         raise NotImplementedError
 
     def to_numpy(self, x: Array) -> np.ndarray:
-        """Copy a backend array to a numpy array (same dtype family)."""
+        """Copy a backend array (any shape) to a numpy array of the same shape and dtype family."""
         raise NotImplementedError
 
     def is_native(self, x: Any) -> bool:
@@ -63,7 +63,7 @@ class Backend:
         return False
 
     def all_finite(self, x: Array) -> bool:
-        """True when ``x`` holds no NaN or inf (used to reject bad input with a clear error)."""
+        """True when ``x`` (any shape) holds no NaN or inf (used to reject bad input with a clear error)."""
         return bool(np.isfinite(self.to_numpy(x)).all())
 
     def matmul(self, a: Array, b: Array) -> Array:
@@ -79,23 +79,27 @@ class Backend:
         raise NotImplementedError
 
     def cumsum(self, x: Array, axis: int = -1, reverse: bool = False) -> Array:
-        """Inclusive cumulative sum; ``reverse=True`` scans from the end (a true reverse scan, never ``total - prefix``)."""
+        """Inclusive cumulative sum along ``axis`` (same shape); ``reverse=True`` scans from the end (a true reverse scan, never ``total - prefix``)."""
         raise NotImplementedError
 
     def sqrt(self, x: Array) -> Array:
+        """Elementwise square root (same shape)."""
         raise NotImplementedError
 
     def sum(self, x: Array, axis: int) -> Array:
+        """Sum along ``axis`` (that axis is removed), float32."""
         raise NotImplementedError
 
     def mean(self, x: Array, axis: int) -> Array:
+        """Mean along ``axis`` (that axis is removed), float32."""
         raise NotImplementedError
 
     def argsort(self, x: Array, axis: int = -1) -> Array:
-        """*Stable* ascending argsort (equal values keep index order, so ties evict the older position first)."""
+        """*Stable* ascending argsort along ``axis`` (same shape; equal values keep index order, so ties evict the older position first)."""
         raise NotImplementedError
 
     def take_along_axis(self, x: Array, idx: Array, axis: int) -> Array:
+        """Gather ``x`` at ``idx`` along ``axis`` (the result has ``idx``'s shape)."""
         raise NotImplementedError
 
     def max_pool1d(self, x: Array, kernel: int) -> Array:

@@ -91,6 +91,7 @@ class LayerDecision:
         return mask
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; arrays become nested lists (shapes as in the attributes)."""
         out = asdict(self)
         for name in _ARRAY_FIELDS:
             out[name] = np.asarray(out[name]).tolist()
@@ -98,6 +99,7 @@ class LayerDecision:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerDecision:
+        """Inverse of :meth:`to_dict`: arrays come back with their dtypes and shapes."""
         names = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         for name, dtype in _ARRAY_FIELDS.items():
@@ -140,10 +142,12 @@ class Trace:
         return float(self.budgets.mean()) if self.layers else 1.0
 
     def to_json(self) -> str:
+        """The whole trace as a JSON string."""
         return json.dumps({"layers": [d.to_dict() for d in self.layers], "tokens": self.tokens, "meta": self.meta})
 
     @classmethod
     def from_json(cls, text: str) -> Trace:
+        """Inverse of :meth:`to_json`."""
         data = json.loads(text)
         return cls(
             layers=[LayerDecision.from_dict(d) for d in data["layers"]],
@@ -152,12 +156,14 @@ class Trace:
         )
 
     def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_json` to ``path``; returns the path."""
         path = Path(path)
         path.write_text(self.to_json())
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
+        """Read a trace written by :meth:`save`."""
         return cls.from_json(Path(path).read_text())
 
     def __repr__(self) -> str:

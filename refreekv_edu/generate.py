@@ -46,6 +46,7 @@ class GenerationResult:
 
     @property
     def kv_kept_fraction(self) -> float:
+        """``kv_bytes_kept / kv_bytes_full`` (1.0 when unknown)."""
         full = self.stats.get("kv_bytes_full") or 0
         return self.stats.get("kv_bytes_kept", full) / full if full else 1.0
 
