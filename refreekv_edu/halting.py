@@ -71,6 +71,17 @@ def mean_retained_norm(a_sorted: Array, be: Backend) -> Array:
     return be.halting_curve(a_sorted)
 
 
+def ratio_curve(a_sorted: Array, be: Backend, peak: float) -> np.ndarray:
+    """``ratio(e)`` for ``e = 0 .. n-1`` (numpy ``(n,)``) from ``a_sorted`` ``(H, n)`` on backend ``be``.
+
+    ``a`` is divided by its largest entry ``peak`` first: the ratio does not change when ``a`` is scaled,
+    and squares of attention below ~1e-19 would otherwise underflow to zero in float32.
+    """
+    if peak > 0:
+        a_sorted = a_sorted * (1.0 / peak)
+    return ratio_from_norms(be.to_numpy(mean_retained_norm(a_sorted, be)))
+
+
 def _validate(last_attn: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     last_attn = np.asarray(last_attn, dtype=np.float32)
     order = np.asarray(order)
@@ -106,7 +117,7 @@ def halting_curve(last_attn: np.ndarray, order: np.ndarray, backend: str | Backe
         return np.zeros(0, dtype=np.float32)
     be = get_backend(backend)
     a_sorted = np.take_along_axis(last_attn, order, axis=1)
-    return ratio_from_norms(be.to_numpy(mean_retained_norm(be.asarray(a_sorted), be)))
+    return ratio_curve(be.asarray(a_sorted), be, float(last_attn.max()))
 
 
 def halting_cut(last_attn: np.ndarray, order: np.ndarray, threshold: float) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .backend import Array, Backend, backend_for_arrays, default_scale, get_backend
 from .decision import LayerDecision
-from .halting import check_threshold, cut_from_ratio, mean_retained_norm, ratio_from_norms
+from .halting import check_threshold, cut_from_ratio, ratio_curve
 from .ranking import check_ranking, rank_scores
 
 GQA_MODES = ("group", "expand")
@@ -139,7 +139,8 @@ class Policy:
         a_sorted = be.take_along_axis(last_attn, order_q, axis=-1)  # (Hq, n)
 
         # Step 5 - the curve: R(e) = mean_h sqrt(sum_{k>=e} a_sorted[h, k]^2), ratio(e) = (R(0) - R(e)) / R(0).
-        ratio = ratio_from_norms(be.to_numpy(mean_retained_norm(a_sorted, be)))
+        last_attn_np = be.to_numpy(last_attn).astype(np.float32)
+        ratio = ratio_curve(a_sorted, be, float(last_attn_np.max()))
 
         # Step 6 - how many to evict (ReFreeKV: the largest e with ratio(e) <= threshold).
         n_evicted = self.num_evicted(ratio, length, window)
@@ -152,7 +153,7 @@ class Policy:
             kept=kept,
             order=order_np,
             scores=be.to_numpy(scores).astype(np.float32),
-            last_attn=be.to_numpy(last_attn).astype(np.float32),
+            last_attn=last_attn_np,
             curve=ratio,
             n_evicted=n_evicted,
             length=length,

@@ -30,7 +30,7 @@ def test_curve_and_cut_match_halting(seed: int, heads: int, n: int, threshold: f
     rng = np.random.default_rng(seed)
     a = cases.attention_like(rng, heads, n)
     order = cases.random_order(rng, heads, n)
-    np.testing.assert_allclose(solutions.halting_curve(a, order), rk.halting_curve(a, order), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(solutions.halting_curve(a, order), rk.halting_curve(a, order), rtol=1e-5, atol=1e-6)  # float32 cancellation in R(0) - R(e)
     assert solutions.halting_cut(a, order, threshold) == rk.halting_cut(a, order, threshold)
 
 

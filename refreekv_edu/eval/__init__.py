@@ -1,0 +1,51 @@
+"""The evaluation harness: offline tasks, the paper's datasets, metrics, a resumable runner and reports.
+
+Does ReFreeKV keep full-cache performance, at what KV memory, and how do fixed budgets compare at
+the *same* average budget? ``refreekv-edu eval`` answers on the bundled model; the same pieces work
+from Python::
+
+    from refreekv_edu.eval import EvalConfig, run_eval, summarize, markdown_table
+    records = run_eval(EvalConfig(tasks=["passkey"], lengths=[1024], samples=3, out_dir="results/pk"))
+    print(markdown_table(summarize(records)))
+
+Modules: :mod:`.haystack` (filler text made at run time), :mod:`.tasks` (offline tasks),
+:mod:`.datasets` (LongBench, GSM8K, CoQA, TruthfulQA loaders), :mod:`.metrics` (task and fidelity
+metrics), :mod:`.methods` (method names -> policies), :mod:`.runner` (the loop), :mod:`.report`
+(tables, plots, ``docs/results.md``), :mod:`.cli` (``refreekv-edu eval``).
+Only numpy and the standard library are imported here; tqdm, matplotlib and ``datasets`` load on use.
+"""
+
+from .datasets import DATASETS, load_dataset_samples
+from .methods import ALL_METHODS, DEFAULT_METHODS, MethodSpec, parse_method, parse_methods
+from .metrics import METRICS, first_token_kl, qa_f1, rouge_l, score, token_agreement
+from .report import findings, markdown_table, summarize, write_results_md
+from .runner import EvalConfig, Runner, build_samples, read_records, run_eval
+from .tasks import TASKS, Sample, make_samples
+
+__all__ = [
+    "ALL_METHODS",
+    "DATASETS",
+    "DEFAULT_METHODS",
+    "METRICS",
+    "TASKS",
+    "EvalConfig",
+    "MethodSpec",
+    "Runner",
+    "Sample",
+    "build_samples",
+    "findings",
+    "first_token_kl",
+    "load_dataset_samples",
+    "make_samples",
+    "markdown_table",
+    "parse_method",
+    "parse_methods",
+    "qa_f1",
+    "read_records",
+    "rouge_l",
+    "run_eval",
+    "score",
+    "summarize",
+    "token_agreement",
+    "write_results_md",
+]

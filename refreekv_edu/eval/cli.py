@@ -1,0 +1,112 @@
+"""``refreekv-edu eval``: arguments and entry point (wired into :mod:`refreekv_edu.cli`).
+
+Examples::
+
+    refreekv-edu eval                                    # the default suite (~4 min on an idle 2-core CPU)
+    refreekv-edu eval --tasks passkey --lengths 1024 2048 4096 --samples 3 --methods full refreekv h2o@matched
+    refreekv-edu eval --methods all --results-md docs/results.md
+    refreekv-edu eval --tasks longbench/qasper gsm8k --data-dir ~/data --lengths 4096
+    refreekv-edu eval --report-only --out results/eval   # rebuild the table and plots from samples.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .datasets import DATASETS
+from .methods import ALL_METHODS, DEFAULT_METHODS
+from .tasks import TASKS
+
+#: The default suite: 40 generations at ~1k tokens; about four minutes on an idle 2-core CPU (bundled model, torch).
+DEFAULT_TASKS = ["passkey", "multi_needle", "short", "continuation"]
+DEFAULT_LENGTHS = [1024]
+DEFAULT_SAMPLES = 2
+
+
+def _split(values: list[str]) -> list[str]:
+    """Accept both ``--tasks a b`` and ``--tasks a,b``."""
+    return [v for item in values for v in item.split(",") if v]
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``eval`` options to ``parser``."""
+    parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, metavar="TASK",
+                        help=f"offline tasks ({', '.join(TASKS)}) and/or datasets ({', '.join(DATASETS)}); default: %(default)s")
+    parser.add_argument("--lengths", nargs="+", type=int, default=DEFAULT_LENGTHS, metavar="TOKENS",
+                        help="target prompt lengths in tokens (default: %(default)s)")
+    parser.add_argument("--methods", nargs="+", default=["default"], metavar="METHOD",
+                        help=f"'default' ({', '.join(DEFAULT_METHODS)}), 'all' (adds {len(ALL_METHODS) - len(DEFAULT_METHODS)} "
+                             "fixed budgets at 0.2/0.5/0.8), or names like full, refreekv, refreekv@0.1, h2o@0.5, snapkv@matched")
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="samples per task and length (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated prompts (default: %(default)s)")
+    parser.add_argument("--model", default="smollm2-135m", help="model name or path (default: the bundled %(default)s)")
+    parser.add_argument("--backend", default="auto", help="torch | mlx | auto (default)")
+    parser.add_argument("--out", default="results/eval", help="output directory; rerunning with it resumes (default: %(default)s)")
+    parser.add_argument("--window", type=int, default=8, help="observation window w (default: %(default)s)")
+    parser.add_argument("--gqa", default="group", choices=["group", "expand"], help="GQA mode (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help="local dataset files for the paper's datasets (else the HF hub)")
+    parser.add_argument("--haystack", default="docs", choices=["docs", "procedural"], help="filler text source (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="override every sample's decode length")
+    parser.add_argument("--results-md", default=None, metavar="PATH",
+                        help="also write this results page (e.g. docs/results.md; plots go to <its folder>/assets/results)")
+    parser.add_argument("--report-only", action="store_true", help="skip generation; rebuild the report from <out>/samples.jsonl")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_eval_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """Run ``refreekv-edu eval`` with parsed ``args``; prints the summary table and where files went."""
+    from .report import make_plots, markdown_table, summarize, write_results_md, write_summary
+    from .runner import EvalConfig, Runner, read_records
+
+    config = EvalConfig(
+        tasks=_split(args.tasks),
+        lengths=list(args.lengths),
+        methods=_split(args.methods),
+        samples=args.samples,
+        seed=args.seed,
+        model=args.model,
+        backend=args.backend,
+        out_dir=args.out,
+        window=args.window,
+        gqa=args.gqa,
+        data_dir=args.data_dir,
+        haystack=args.haystack,
+        max_new_tokens=args.max_new_tokens,
+        progress=not args.no_progress,
+    )
+    out = Path(config.out_dir)
+    argv = list(sys.argv if argv is None else argv)
+    if args.report_only:
+        records = read_records(out / "samples.jsonl")
+        if not records:
+            raise ValueError(f"no records in {out / 'samples.jsonl'}; run without --report-only first")
+        info = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    else:
+        config.validate()
+        print(f"loading {config.model} on backend {config.backend} ...", file=sys.stderr, flush=True)
+        runner = Runner(config)
+        runner.write_run_info(argv)
+        info = json.loads((out / "run.json").read_text())
+        records = runner.run()
+    summary = write_summary(records, out)
+    plots = make_plots(records, out / "plots")
+    print(markdown_table(summarize(records)))
+    print(f"\nrecords: {out / 'samples.jsonl'}\nsummary: {summary}\nplots:   {', '.join(str(p) for p in plots)}")
+    if args.results_md:
+        print(f"results: {write_results_md(records, info, args.results_md)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m refreekv_edu.eval.cli``: the same as ``refreekv-edu eval``."""
+    parser = argparse.ArgumentParser(prog="refreekv-edu eval", description="evaluate ReFreeKV vs full cache and fixed budgets")
+    add_eval_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_eval_from_args(args, ["refreekv-edu", "eval", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

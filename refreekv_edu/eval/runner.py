@@ -1,0 +1,361 @@
+"""The evaluation loop: every sample x every method -> one JSON line, resumable.
+
+For each sample the full cache runs first: its greedy tokens and first decode logits are the
+reference for the fidelity metrics, and are kept in ``<out>/refs/`` so a resumed run does not redo
+it. ReFreeKV runs next: its average budget (``trace.mean_budget``) sets the budget of every
+``<ranking>@matched`` baseline on that sample. Each finished (sample, method) pair is appended to
+``<out>/samples.jsonl`` at once; a rerun with the same output directory skips the pairs already there.
+
+The loop only needs ``generate(model, tokenizer, prompt, policy=..., max_new_tokens=...)`` returning a
+:class:`refreekv_edu.GenerationResult`; it defaults to :func:`refreekv_edu.generate`, so it runs on any
+backend with model integration (torch, mlx).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .datasets import DATASETS, load_dataset_samples
+from .methods import DEFAULT_METHODS, MethodSpec, parse_methods
+from .tasks import TASKS, Sample, TokenCounter, make_samples
+
+SAMPLES_FILE = "samples.jsonl"
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate.
+
+    Attributes:
+        tasks: offline task names (:data:`~refreekv_edu.eval.tasks.TASKS`) and/or dataset names
+            (:data:`~refreekv_edu.eval.datasets.DATASETS`, which need ``data_dir`` or a network).
+        lengths: target prompt lengths in tokens (``short`` and datasets ignore them; datasets are
+            truncated in the middle to the largest length).
+        methods: method names (see :mod:`refreekv_edu.eval.methods`); ``full`` is always added.
+        samples: samples per task and length.
+        seed: seeds the prompts (passkeys, haystack order).
+        model: model name or path for :func:`refreekv_edu.load_model`.
+        backend: ``"torch"``, ``"mlx"`` or ``"auto"``.
+        out_dir: where ``samples.jsonl``, ``refs/`` and the report go.
+        window, gqa: policy settings shared by every method.
+        data_dir: local dataset files (see :mod:`refreekv_edu.eval.datasets`).
+        haystack: ``"docs"`` (stdlib docstrings) or ``"procedural"``.
+        max_new_tokens: overrides each sample's own decode length when set.
+        progress: tqdm bars.
+    """
+
+    tasks: list[str] = field(default_factory=lambda: ["passkey", "multi_needle", "short", "continuation"])
+    lengths: list[int] = field(default_factory=lambda: [1024])
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    samples: int = 2
+    seed: int = 0
+    model: str = "smollm2-135m"
+    backend: str = "auto"
+    out_dir: str = "results/eval"
+    window: int = 8
+    gqa: str = "group"
+    data_dir: str | None = None
+    haystack: str = "docs"
+    max_new_tokens: int | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        unknown = [t for t in self.tasks if t not in TASKS and t not in DATASETS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; offline tasks: {', '.join(TASKS)}; datasets: {', '.join(DATASETS)}")
+        if not self.lengths or any(int(n) < 64 for n in self.lengths):
+            raise ValueError(f"lengths must be token counts >= 64, got {self.lengths}")
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        parse_methods(self.methods)  # raises on a bad name
+
+
+def token_counter(tokenizer: Any) -> TokenCounter:
+    """Count tokens with the model's tokenizer (no special tokens)."""
+
+    def count(text: str) -> int:
+        try:
+            return len(tokenizer.encode(text, add_special_tokens=False))
+        except TypeError:  # tokenizers whose encode has no add_special_tokens (some mlx-lm wrappers)
+            return len(tokenizer.encode(text))
+
+    return count
+
+
+def build_samples(config: EvalConfig, count_tokens: TokenCounter | None = None) -> list[Sample]:
+    """All samples of a config, in a fixed order (tasks, then lengths, then index)."""
+    out: list[Sample] = []
+    for task in config.tasks:
+        if task in DATASETS:
+            out += load_dataset_samples(task, config.data_dir, n=config.samples, max_tokens=max(config.lengths), count_tokens=count_tokens)
+        elif task == "short":
+            out += make_samples("short", 0, config.samples, config.seed)
+        else:
+            for length in config.lengths:
+                out += make_samples(task, int(length), config.samples, config.seed, count_tokens, source=config.haystack)
+    return out
+
+
+def prompt_digest(sample: Sample) -> str:
+    """A short hash of what the model sees, to refuse resuming over a different prompt under the same id."""
+    return hashlib.sha1(f"{sample.chat}\x00{sample.prompt}".encode()).hexdigest()[:12]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a ``samples.jsonl`` (a torn last line from an interrupted run is ignored)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def sample_score(sample: Sample, text: str) -> float:
+    """The task metric of one prediction."""
+    return metrics.score(sample.metric, text, sample.references, **sample.meta)
+
+
+def needle_positions(tokens: list[str], needle: str) -> list[int]:
+    """Indices of the prompt tokens that spell any occurrence of ``needle`` (display tokens joined back into text)."""
+    starts, text = [], ""
+    for t in tokens:
+        starts.append(len(text))
+        text += t
+    ends = starts[1:] + [len(text)]
+    spans, at = [], text.find(needle)
+    while at >= 0:
+        spans.append((at, at + len(needle)))
+        at = text.find(needle, at + 1)
+    return [i for i, (a, b) in enumerate(zip(starts, ends)) if any(a < e and b > s for s, e in spans)]
+
+
+def needle_kept(trace: Any, needle: str) -> float | None:
+    """Share of (layer, head) kept sets that still hold every token of ``needle`` (``None`` when not found)."""
+    if not trace.layers or not trace.tokens:
+        return None if not trace.tokens else 1.0
+    pos = needle_positions(list(trace.tokens), needle)
+    if not pos:
+        return None
+    hits = [bool(np.isin(pos, row).all()) for d in trace.layers for row in np.asarray(d.kept)]
+    return float(np.mean(hits))
+
+
+@dataclass
+class _Reference:
+    tokens: list[int]
+    first_logits: np.ndarray | None
+
+
+class Runner:
+    """Runs samples x methods with one loaded model and writes records to ``out_dir``.
+
+    Args:
+        config: :class:`EvalConfig`.
+        model, tokenizer: an already loaded model (else :func:`refreekv_edu.load_model` is called).
+        generate_fn: ``(model, tokenizer, prompt, policy=..., max_new_tokens=...) -> GenerationResult``;
+            defaults to :func:`refreekv_edu.generate`.
+    """
+
+    def __init__(self, config: EvalConfig, model: Any = None, tokenizer: Any = None, generate_fn: Callable[..., Any] | None = None):
+        config.validate()
+        self.config = config
+        if model is None:
+            from ..models import load_model
+
+            model, tokenizer = load_model(config.model, backend=config.backend)
+        self.model, self.tokenizer = model, tokenizer
+        if generate_fn is None:
+            from ..generate import generate as generate_fn
+        self.generate_fn = generate_fn
+        self.methods: list[MethodSpec] = parse_methods(config.methods)
+        self.out = Path(config.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "refs").mkdir(exist_ok=True)
+        self.records_path = self.out / SAMPLES_FILE
+
+    # ------------------------------------------------------------------ one generation
+    def _prompt(self, sample: Sample) -> Any:
+        if sample.chat:
+            return sample.prompt
+        return list(self.tokenizer.encode(sample.prompt))  # raw text: token ids, so no chat template is applied
+
+    def _generate(self, sample: Sample, policy: Any) -> Any:
+        steps = self.config.max_new_tokens or sample.max_new_tokens
+        return self.generate_fn(self.model, self.tokenizer, self._prompt(sample), policy=policy, max_new_tokens=steps)
+
+    def _ref_path(self, sample: Sample) -> Path:
+        return self.out / "refs" / f"{_safe(sample.id)}.npz"
+
+    def _load_reference(self, sample: Sample) -> _Reference | None:
+        path = self._ref_path(sample)
+        if not path.exists():
+            return None
+        with np.load(path) as data:
+            if str(data["digest"]) != prompt_digest(sample):
+                return None
+            logits = data["first_logits"] if data["first_logits"].size else None
+            return _Reference([int(t) for t in data["tokens"]], logits)
+
+    def _save_reference(self, sample: Sample, result: Any) -> _Reference:
+        logits = np.zeros(0, np.float32) if result.first_logits is None else np.asarray(result.first_logits, np.float32).reshape(-1)
+        np.savez_compressed(self._ref_path(sample), tokens=np.asarray(result.tokens, np.int64), first_logits=logits,
+                            digest=np.asarray(prompt_digest(sample)))
+        return _Reference(list(result.tokens), logits if logits.size else None)
+
+    def record(self, sample: Sample, method: MethodSpec, policy: Any, result: Any, ref: _Reference, matched_budget: float | None,
+               wall_s: float) -> dict[str, Any]:
+        """The JSON record of one (sample, method) run."""
+        text = result.text.strip()
+        stats = dict(result.stats)
+        full_bytes = int(stats.get("kv_bytes_full") or 0)
+        kept_bytes = int(stats.get("kv_bytes_kept", full_bytes) or 0)
+        kl = None
+        if ref.first_logits is not None and result.first_logits is not None:
+            kl = metrics.first_token_kl(ref.first_logits, np.asarray(result.first_logits))
+        trace = result.trace
+        return {
+            "sample_id": sample.id,
+            "task": sample.task,
+            "length": sample.meta.get("length") or 0,
+            "method": method.name,
+            "kind": method.kind,
+            "ranking": method.ranking,
+            "policy": repr(policy),
+            "threshold": method.threshold,
+            "budget_target": {"fixed": method.budget, "matched": matched_budget}.get(method.kind),
+            "digest": prompt_digest(sample),
+            "prompt_tokens": int(stats.get("prompt_tokens", 0)),
+            "new_tokens": int(stats.get("new_tokens", len(result.tokens))),
+            "output": text,
+            "references": sample.references,
+            "metric": sample.metric,
+            "score": sample_score(sample, text),
+            "token_agreement": metrics.token_agreement(result.tokens, ref.tokens),
+            "prefix_agreement": metrics.prefix_agreement(result.tokens, ref.tokens),
+            "exact_match_full": float(list(result.tokens) == list(ref.tokens)),
+            "first_token_kl": kl,
+            "needle_kept": needle_kept(trace, sample.meta["needle"]) if sample.meta.get("needle") else None,
+            "mean_budget": trace.mean_budget if trace.layers else 1.0,
+            "layer_budgets": [round(float(b), 5) for b in trace.budgets] if trace.layers else [],
+            "kv_bytes_full": full_bytes,
+            "kv_bytes_kept": kept_bytes,
+            "kv_kept": kept_bytes / full_bytes if full_bytes else 1.0,
+            "prefill_s": float(stats.get("prefill_s", 0.0)),
+            "decide_s": float(stats.get("decide_s", 0.0)),
+            "decode_s": float(stats.get("decode_s", 0.0)),
+            "wall_s": wall_s,
+            "meta": {k: v for k, v in sample.meta.items() if k not in {"incorrect", "all_classes"}},
+        }
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, samples: Iterable[Sample] | None = None) -> list[dict[str, Any]]:
+        """Run everything not already in ``samples.jsonl``; return all records (old and new) of these samples."""
+        if samples is None:
+            count = token_counter(self.tokenizer) if self.tokenizer is not None else None
+            samples = build_samples(self.config, count)
+        samples = list(samples)
+        ids = [s.id for s in samples]
+        if len(set(ids)) != len(ids):
+            raise ValueError("sample ids must be unique; two samples share an id")
+        done = {(r["sample_id"], r["method"]): r for r in read_records(self.records_path)}
+        by_id = {s.id: s for s in samples}
+        for (sid, _), r in done.items():
+            if sid in by_id and r.get("digest") != prompt_digest(by_id[sid]):
+                raise ValueError(
+                    f"{self.records_path} already holds sample {sid!r} made from a different prompt (other Python "
+                    "version, haystack or model tokenizer?); use a new --out directory"
+                )
+        todo = [(s, m) for s in samples for m in self.methods if (s.id, m.name) not in done]
+        bar = _progress(len(todo), f"eval {self.out.name}", self.config.progress)
+        with open(self.records_path, "a", encoding="utf-8") as sink:
+            for sample in samples:
+                if all((sample.id, m.name) in done for m in self.methods):
+                    continue
+                ref = self._load_reference(sample)  # full cache's tokens + logits, saved by an earlier run
+                matched = done.get((sample.id, "refreekv"), {}).get("mean_budget")
+                for method in self.methods:  # "full" comes first, then "refreekv", then the baselines
+                    recorded = (sample.id, method.name) in done
+                    rebuild_ref = method.kind == "full" and ref is None  # reference lost: rerun full, record nothing new
+                    if recorded and not rebuild_ref:
+                        continue
+                    if method.kind == "matched" and matched is None:
+                        raise RuntimeError(f"no ReFreeKV budget for sample {sample.id!r}; 'refreekv' must run before {method.name!r}")
+                    policy = method.policy(self.config.window, self.config.gqa, matched_budget=matched)
+                    bar.set_postfix_str(f"{sample.id} {method.name}")
+                    start = time.perf_counter()
+                    result = self._generate(sample, policy)
+                    wall = time.perf_counter() - start
+                    if method.kind == "full":
+                        ref = self._save_reference(sample, result)
+                    if method.name == "refreekv":  # the default threshold sets the matched baselines' budget
+                        matched = result.trace.mean_budget if result.trace.layers else 1.0
+                    if recorded:
+                        continue
+                    rec = self.record(sample, method, policy, result, ref, matched, wall)
+                    done[(sample.id, method.name)] = rec
+                    sink.write(json.dumps(rec) + "\n")
+                    sink.flush()
+                    bar.update(1)
+        bar.close()
+        return [done[(s.id, m.name)] for s in samples for m in self.methods if (s.id, m.name) in done]
+
+    def write_run_info(self, argv: list[str] | None = None) -> Path:
+        """``<out>/run.json``: the config, the command line and the machine (read by the report)."""
+        from .report import environment
+
+        info = {"config": asdict(self.config), "argv": argv if argv is not None else sys.argv, "environment": environment(self.model, self.config.backend)}
+        path = self.out / "run.json"
+        path.write_text(json.dumps(info, indent=1))
+        return path
+
+
+class _NoBar:
+    def __init__(self, total: int, desc: str):
+        self.total, self.n, self.desc = total, 0, desc
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar(total, desc)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar(total, desc)
+    return tqdm(total=total, desc=desc, unit="run", file=sys.stderr)
+
+
+def run_eval(config: EvalConfig, model: Any = None, tokenizer: Any = None, generate_fn: Callable[..., Any] | None = None,
+             argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run an evaluation and return its records (see :class:`Runner`)."""
+    runner = Runner(config, model, tokenizer, generate_fn)
+    runner.write_run_info(argv)
+    return runner.run()
