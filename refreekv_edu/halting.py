@@ -27,6 +27,9 @@ import numpy as np
 
 from .backend import Array, Backend
 
+#: Below this largest attention value the squares of ``a`` come close to float32's underflow (~1e-38).
+TINY_PEAK = 1e-15
+
 
 def check_threshold(threshold: float) -> float:
     """Return ``threshold`` as a float if it lies in ``[0, 1)``, else raise a ValueError saying why."""
@@ -74,10 +77,11 @@ def mean_retained_norm(a_sorted: Array, be: Backend) -> Array:
 def ratio_curve(a_sorted: Array, be: Backend, peak: float) -> np.ndarray:
     """``ratio(e)`` for ``e = 0 .. n-1`` (numpy ``(n,)``) from ``a_sorted`` ``(H, n)`` on backend ``be``.
 
-    ``a`` is divided by its largest entry ``peak`` first: the ratio does not change when ``a`` is scaled,
-    and squares of attention below ~1e-19 would otherwise underflow to zero in float32.
+    When even the largest entry ``peak`` is tiny, the squares would underflow float32 (below ~1e-38) and
+    every ratio would read 0; ``a`` is then divided by ``peak`` first, which leaves the ratio unchanged
+    (it does not depend on the scale of ``a``). Ordinary attention never takes that branch.
     """
-    if peak > 0:
+    if 0 < peak < TINY_PEAK:
         a_sorted = a_sorted * (1.0 / peak)
     return ratio_from_norms(be.to_numpy(mean_retained_norm(a_sorted, be)))
 
