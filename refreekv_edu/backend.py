@@ -126,7 +126,8 @@ class Backend:
 
         Args:
             queries: ``(Hq, w, D)`` float32, the post-RoPE queries of the last ``w`` prompt positions.
-            keys: ``(Hq, L, D)`` float32 post-RoPE keys (already repeated to ``Hq`` heads), ``L > w``.
+            keys: ``(Hkv, L, D)`` float32 post-RoPE keys, ``L > w``, ``Hq = G * Hkv``: query head ``h`` reads
+                KV head ``h // G`` (as ``repeat_kv`` would), without copying the keys ``G`` times.
             scale: attention scale (usually ``1/sqrt(D)``).
             window: ``w``.
 
@@ -135,9 +136,13 @@ class Backend:
             window rows of the softmax attention on each candidate, and the last row's attention on each
             candidate. The default materialises exactly the ``(Hq, w, L)`` window block.
         """
-        length = keys.shape[1]
+        num_q_heads, _, head_dim = queries.shape
+        kv_heads, length, _ = keys.shape
         n = length - window
-        logits = self.matmul(queries, self.transpose_last(keys)) * scale + self.causal_window_mask(window, length)
+        # The G query heads of a KV head become G * w rows against that head's keys: one matmul, no copy.
+        grouped = queries.reshape(kv_heads, (num_q_heads // kv_heads) * window, head_dim)
+        logits = self.matmul(grouped, self.transpose_last(keys)).reshape(num_q_heads, window, length)
+        logits = logits * scale + self.causal_window_mask(window, length)
         probs = self.softmax(logits, axis=-1)  # (Hq, w, L)
         col_sum = self.sum(probs[:, :, :n], axis=1)
         last_row = probs[:, window - 1, :n]

@@ -103,10 +103,7 @@ class LayerDecision:
         names = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         for name, dtype in _ARRAY_FIELDS.items():
-            arr = np.asarray(kwargs[name], dtype=dtype)
-            if name in {"kept", "order", "scores", "last_attn"} and arr.ndim == 1 and arr.size == 0:
-                arr = arr.reshape(-1, 0) if name != "kept" else arr.reshape(0, 0)
-            kwargs[name] = arr
+            kwargs[name] = np.asarray(kwargs[name], dtype=dtype)  # (H, 0) arrays come back as [[], ...]: shape kept
         return cls(**kwargs)
 
     def __repr__(self) -> str:

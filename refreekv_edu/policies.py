@@ -123,10 +123,9 @@ class Policy:
             )
 
         # Step 2 - window attention P = softmax(scale * Q K^T + causal mask), reduced on the fly to
-        # the window rows' column sums and the last row, both (Hq, n). Keys are repeated to Hq heads.
+        # the window rows' column sums and the last row, both (Hq, n). Query head h reads KV head h // G.
         q = queries[:, queries.shape[1] - window :, :]  # the observation window: the last w queries
-        k = be.repeat_heads(keys, groups)
-        col_sum, last_attn = be.window_scores(q, k, scale, window)
+        col_sum, last_attn = be.window_scores(q, keys, scale, window)
 
         # Step 3 - rank the candidates, least important first (stable sort: ties evict older first).
         scores = rank_scores(self.ranking, col_sum, be)  # (Hq, n)

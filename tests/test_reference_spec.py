@@ -65,8 +65,7 @@ def test_fixed_budget_one_evicts_nothing_and_full_cache_keeps_all():
 def test_window_attention_rows_are_causal_and_normalised():
     q, k = make_case("gqa")
     be = rk.get_backend("numpy")
-    kr = np.repeat(k, 3, axis=0)
-    col, last = be.window_scores(q, kr, 0.25, 8)
+    col, last = be.window_scores(q, k, 0.25, 8)  # (Hkv, L, D) keys: query head h reads KV head h // 3
     probs = spec.window_probs(q, k, 0.25, 8)
     np.testing.assert_allclose(col, probs[:, :, :42].sum(axis=1), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(last, probs[:, 7, :42], rtol=1e-5, atol=1e-7)

@@ -161,7 +161,7 @@ class MLXBackend(Backend):
         """Steps 2-4 (see :meth:`refreekv_edu.backend.Backend.window_scores`); a Metal kernel on the GPU.
 
         Args:
-            queries: ``(Hq, w, D)``; keys: ``(Hq, L, D)``; ``L > w``.
+            queries: ``(Hq, w, D)``; keys: ``(Hkv, L, D)`` (query head ``h`` reads KV head ``h // G``); ``L > w``.
 
         Returns:
             ``(col_sum, last_row)``, both ``(Hq, n)`` float32.

@@ -6,7 +6,7 @@ The kernel sources live in ``kernels/*.metal``. Each is the *body* of a Metal ke
 
 Two kernels (see the comments in each ``.metal`` file for the algorithm):
 
-- ``window_scores``: ``(Hq, w, D)`` queries x ``(Hq, L, D)`` keys -> ``col_sum (Hq, n)``, ``last_row (Hq, n)``;
+- ``window_scores``: ``(Hq, w, D)`` queries x ``(Hkv, L, D)`` keys -> ``col_sum (Hq, n)``, ``last_row (Hq, n)``;
   one threadgroup per query head, two-pass softmax over the ``w`` window rows, never storing the ``w x L`` block.
 - ``halting_curve``: ``(H, n)`` sorted last-row attention -> ``R(e) (n,)``; one threadgroup, chunked reverse scan.
 
@@ -114,9 +114,15 @@ def _check_threads(threads: int, power_of_two: bool) -> int:
 
 
 def window_scores_launch(
-    num_heads: int, length: int, head_dim: int, window: int, scale: float, threads: int = DEFAULT_THREADS
+    num_heads: int,
+    length: int,
+    head_dim: int,
+    window: int,
+    scale: float,
+    threads: int = DEFAULT_THREADS,
+    groups: int = 1,
 ) -> Launch:
-    """Launch geometry of ``window_scores`` for queries ``(Hq, w, D)`` and keys ``(Hq, L, D)``.
+    """Launch geometry of ``window_scores`` for queries ``(Hq, w, D)`` and keys ``(Hq / groups, L, D)``.
 
     Raises:
         ValueError: ``L <= w`` (no candidates: the caller must not ask), ``D > MAX_HEAD_DIM``, or a bad ``threads``.
@@ -132,7 +138,7 @@ def window_scores_launch(
         threadgroup=(threads, 1, 1),
         output_shapes=((num_heads, n), (num_heads, n)),
         extra_inputs=(
-            np.array([num_heads, length, head_dim, window], dtype=np.int32),
+            np.array([num_heads, length, head_dim, window, groups], dtype=np.int32),
             np.array([scale], dtype=np.float32),
         ),
     )
@@ -188,14 +194,15 @@ def _run_metal(spec: KernelSpec, arrays: list[Any], launch: Launch) -> list[Any]
 
 
 def metal_window_scores(queries: Any, keys: Any, scale: float, window: int, threads: int = DEFAULT_THREADS):
-    """``window_scores`` on the GPU: ``queries (Hq, w, D)``, ``keys (Hq, L, D)`` mx arrays -> ``(col_sum, last_row)``.
+    """``window_scores`` on the GPU: ``queries (Hq, w, D)``, ``keys (Hkv, L, D)`` mx arrays -> ``(col_sum, last_row)``.
 
     Unverified here (no Mac in CI); the same body is tested through the CPU shim.
     """
     import mlx.core as mx
 
-    num_heads, length, head_dim = (int(s) for s in keys.shape)
-    launch = window_scores_launch(num_heads, length, head_dim, window, scale, threads)
+    num_heads = int(queries.shape[0])
+    kv_heads, length, head_dim = (int(s) for s in keys.shape)
+    launch = window_scores_launch(num_heads, length, head_dim, window, scale, threads, groups=num_heads // kv_heads)
     q = queries.astype(mx.float32)
     k = keys.astype(mx.float32)
     col_sum, last_row = _run_metal(window_scores_spec(), [q, k], launch)

@@ -208,10 +208,10 @@ class TorchBackend(Backend):
     def window_scores(
         self, queries: torch.Tensor, keys: torch.Tensor, scale: float, window: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`refreekv_edu.backend.Backend.window_scores`: ``(Hq, w, D), (Hq, L, D) -> 2 x (Hq, n)``."""
+        """See :meth:`refreekv_edu.backend.Backend.window_scores`: ``(Hq, w, D), (Hkv, L, D) -> 2 x (Hq, n)``."""
         n = keys.shape[1] - window
         if n <= 0:  # no candidates: nothing to launch
-            empty = keys.new_zeros((keys.shape[0], 0), dtype=torch.float32)
+            empty = keys.new_zeros((queries.shape[0], 0), dtype=torch.float32)
             return empty, empty.clone()
         self._follow = keys.device
         return self._run_fused("window_scores", queries.float(), keys.float(), scale, window)

@@ -61,7 +61,7 @@ class KernelInputError(ValueError):
 # ----------------------------------------------------------------------------- kernel bodies
 def _window_stats_body(
     q_ptr,  # (Hq, w, D) float32
-    k_ptr,  # (Hq, L, D) float32
+    k_ptr,  # (Hkv, L, D) float32; query head h reads KV head h // groups
     max_ptr,  # out (Hq, chunks, w) float32: running max of each window row over the chunk
     sumexp_ptr,  # out (Hq, chunks, w) float32: sum of exp(logit - max) over the chunk
     stride_qh,
@@ -70,6 +70,7 @@ def _window_stats_body(
     stride_kh,
     stride_kl,
     stride_kd,
+    groups,  # G = Hq / Hkv
     length,  # L
     window,  # w
     head_dim,  # D
@@ -97,7 +98,7 @@ def _window_stats_body(
     for col0 in range(start, stop, BLOCK_L):
         cols = col0 + tl.arange(0, BLOCK_L)
         k = tl.load(
-            k_ptr + head * stride_kh + cols[:, None] * stride_kl + dims[None, :] * stride_kd,
+            k_ptr + (head // groups) * stride_kh + cols[:, None] * stride_kl + dims[None, :] * stride_kd,
             mask=(cols[:, None] < stop) & (dims[None, :] < head_dim),
             other=0.0,
         )
@@ -118,7 +119,7 @@ def _window_stats_body(
 
 def _window_probs_body(
     q_ptr,  # (Hq, w, D) float32
-    k_ptr,  # (Hq, L, D) float32
+    k_ptr,  # (Hkv, L, D) float32; query head h reads KV head h // groups
     row_max_ptr,  # (Hq, w) float32 contiguous: each window row's max logit over all L keys
     row_sum_ptr,  # (Hq, w) float32 contiguous: each window row's sum of exp(logit - max)
     col_sum_ptr,  # out (Hq, n) float32 contiguous
@@ -129,6 +130,7 @@ def _window_probs_body(
     stride_kh,
     stride_kl,
     stride_kd,
+    groups,  # G = Hq / Hkv
     n_cand,  # n = L - w
     window,
     head_dim,
@@ -148,7 +150,7 @@ def _window_probs_body(
         other=0.0,
     )
     k = tl.load(
-        k_ptr + head * stride_kh + cols[:, None] * stride_kl + dims[None, :] * stride_kd,
+        k_ptr + (head // groups) * stride_kh + cols[:, None] * stride_kl + dims[None, :] * stride_kd,
         mask=(cols[:, None] < n_cand) & (dims[None, :] < head_dim),
         other=0.0,
     )
@@ -222,8 +224,8 @@ def compiled(interpreted: bool) -> SimpleNamespace:
 
 #: Argument types of each kernel, for compiling without a GPU (see :func:`compile_offline`).
 _SIGNATURES = {
-    "window_stats": ["*fp32"] * 4 + ["i32"] * 9 + ["fp32", "i32"],
-    "window_probs": ["*fp32"] * 6 + ["i32"] * 9 + ["fp32"],
+    "window_stats": ["*fp32"] * 4 + ["i32"] * 10 + ["fp32", "i32"],
+    "window_probs": ["*fp32"] * 6 + ["i32"] * 10 + ["fp32"],
     "reverse_norm_scan": ["*fp32", "*fp32", "i32"],
 }
 
@@ -280,7 +282,8 @@ def window_scores(
 
     Args:
         queries: ``(Hq, w, D)`` float32.
-        keys: ``(Hq, L, D)`` float32 on the same device, ``L > w``.
+        keys: ``(Hkv, L, D)`` float32 on the same device, ``L > w``, ``Hq`` a multiple of ``Hkv``
+            (query head ``h`` reads KV head ``h // G``; keys are never copied ``G`` times).
         scale: attention scale.
         window: ``w``.
 
@@ -290,9 +293,10 @@ def window_scores(
     heads, w, head_dim = queries.shape
     length = keys.shape[1]
     n = length - window
-    if w != window or keys.shape[0] != heads or keys.shape[2] != head_dim or n <= 0:
+    kv_heads = keys.shape[0]
+    if w != window or kv_heads == 0 or heads % kv_heads or keys.shape[2] != head_dim or n <= 0:
         raise KernelInputError(
-            f"window_scores expects queries (Hq, w={window}, D) and keys (Hq, L > w, D); "
+            f"window_scores expects queries (Hq, w={window}, D) and keys (Hkv, L > w, D) with Hkv dividing Hq; "
             f"got {tuple(queries.shape)} and {tuple(keys.shape)}"
         )
     kernels = _kernels_for(keys)
@@ -305,7 +309,7 @@ def window_scores(
     run_sum = torch.empty(stats_shape, dtype=torch.float32, device=keys.device)
     kernels.window_stats[(heads, chunks)](
         queries, keys, run_max, run_sum,
-        *queries.stride(), *keys.stride(),
+        *queries.stride(), *keys.stride(), heads // kv_heads,
         length, window, head_dim, float(scale), chunk_len,
         BLOCK_W=block_w, BLOCK_L=BLOCK_L, BLOCK_D=block_d,
     )  # fmt: skip
@@ -317,7 +321,7 @@ def window_scores(
     last_row = torch.empty((heads, n), dtype=torch.float32, device=keys.device)
     kernels.window_probs[(heads, triton.cdiv(n, BLOCK_L))](
         queries, keys, row_max, row_sum, col_sum, last_row,
-        *queries.stride(), *keys.stride(),
+        *queries.stride(), *keys.stride(), heads // kv_heads,
         n, window, head_dim, float(scale),
         BLOCK_W=block_w, BLOCK_L=BLOCK_L, BLOCK_D=block_d,
     )  # fmt: skip

@@ -63,13 +63,13 @@ def test_decisions_match_reference(backend, case, policy):
 @pytest.mark.parametrize("case", [c for c in CASES if c not in {"short", "equal"}])
 def test_fused_window_scores_match_reference(backend, case):
     q, k = make_case(case)
-    g = q.shape[0] // k.shape[0]
-    kr = np.repeat(k, g, axis=0)
     scale = 1.0 / np.sqrt(q.shape[-1])
-    ref_col, ref_last = REFERENCE.window_scores(q, kr, scale, 8)
-    col, last = backend.window_scores(backend.asarray(q), backend.asarray(kr), scale, 8)
-    np.testing.assert_allclose(backend.to_numpy(col), ref_col, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(backend.to_numpy(last), ref_last, rtol=1e-4, atol=1e-6)
+    ref_col, ref_last = REFERENCE.window_scores(q, k, scale, 8)
+    # Keys stay at Hkv heads (query head h reads KV head h // G); repeating them must not change anything.
+    for keys in (k, np.repeat(k, q.shape[0] // k.shape[0], axis=0)):
+        col, last = backend.window_scores(backend.asarray(q), backend.asarray(keys), scale, 8)
+        np.testing.assert_allclose(backend.to_numpy(col), ref_col, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(backend.to_numpy(last), ref_last, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 1), (4, 7), (2, 64), (5, 129), (2, 1000)])

@@ -184,7 +184,7 @@ def shim_window_scores(
 
     Args:
         queries: ``(Hq, w, D)`` float32 window queries.
-        keys: ``(Hq, L, D)`` float32 keys (already repeated to ``Hq`` heads).
+        keys: ``(Hkv, L, D)`` float32 keys; query head ``h`` reads KV head ``h // (Hq / Hkv)``.
         scale: attention scale.
         window: ``w``.
         threads: simulated threads per threadgroup (power of two).
@@ -192,12 +192,20 @@ def shim_window_scores(
     Returns:
         ``(col_sum, last_row)``, both ``(Hq, n)`` float32.
     """
-    if queries.ndim != 3 or keys.ndim != 3 or queries.shape[0] != keys.shape[0] or queries.shape[2] != keys.shape[2]:
-        raise ValueError(f"expected queries (Hq, w, D) and keys (Hq, L, D); got {queries.shape} and {keys.shape}")
+    if (
+        queries.ndim != 3
+        or keys.ndim != 3
+        or queries.shape[0] % keys.shape[0]
+        or queries.shape[2] != keys.shape[2]
+    ):
+        raise ValueError(
+            f"expected queries (Hq, w, D) and keys (Hkv, L, D) with Hkv dividing Hq; got {queries.shape} and {keys.shape}"
+        )
     if queries.shape[1] != window:
         raise ValueError(f"queries hold {queries.shape[1]} rows but window={window}")
-    num_heads, length, head_dim = keys.shape
-    launch = window_scores_launch(num_heads, length, head_dim, window, scale, threads)
+    num_heads = queries.shape[0]
+    kv_heads, length, head_dim = keys.shape
+    launch = window_scores_launch(num_heads, length, head_dim, window, scale, threads, groups=num_heads // kv_heads)
     col_sum, last_row = build(window_scores_spec())([queries, keys], launch)
     return col_sum, last_row
 

@@ -5,8 +5,8 @@
 //   device float* col_sum, device float* last_row, + the thread attributes used below.
 //
 // Inputs   q        (Hq, w, D)  post-RoPE queries of the window, float32, row-contiguous
-//          k        (Hq, L, D)  post-RoPE keys repeated to Hq heads
-//          dims     [Hq, L, D, w]   (int32)
+//          k        (Hkv, L, D) post-RoPE keys; query head h reads KV head h / G (never copied G times)
+//          dims     [Hq, L, D, w, G]   (int32)
 //          params   [scale]         (float32)
 // Outputs  col_sum  (Hq, n)  sum over the w window rows of softmax(scale * q k^T + causal mask)[:, :n]
 //          last_row (Hq, n)  the last window row of that softmax on the n = L - w candidates
@@ -33,10 +33,11 @@ const uint num_threads = threads_per_threadgroup.x;
 const uint num_keys = uint(dims[1]);
 const uint head_dim = uint(dims[2]);
 const uint window = uint(dims[3]);
+const uint groups = uint(dims[4]);
 const uint n = num_keys - window;
 const float scale = params[0];
 
-const device float* k_head = k + size_t(head) * num_keys * head_dim;
+const device float* k_head = k + size_t(head / groups) * num_keys * head_dim;
 
 for (uint i = 0; i < window; ++i) {
     // Window row i is the absolute position n + i; causally it sees keys 0 .. n + i.
