@@ -24,6 +24,18 @@ _ARRAY_FIELDS = {
 }
 
 
+def _check_positions(positions: Any, prompt_len: int) -> np.ndarray:
+    """``positions`` as a non-empty 1-D int array inside ``[0, prompt_len)``, or a clear error."""
+    pos = np.asarray(positions)
+    if pos.ndim != 1 or pos.size == 0 or not np.issubdtype(pos.dtype, np.integer):
+        raise ValueError(f"positions must be a non-empty 1-D list of ints, got shape {pos.shape} ({pos.dtype})")
+    if pos.min() < 0 or pos.max() >= prompt_len:
+        raise ValueError(
+            f"positions must lie in [0, {prompt_len}) (the prompt's length), got {int(pos.min())}..{int(pos.max())}"
+        )
+    return pos
+
+
 @dataclass
 class LayerDecision:
     """One layer's eviction decision.
@@ -90,6 +102,17 @@ class LayerDecision:
         np.put_along_axis(mask, self.kept, False, axis=1)
         return mask
 
+    def kept_share(self, positions: Any) -> np.ndarray:
+        """``(H,)`` share of the given prompt positions that each head kept (1.0 = all of them).
+
+        Use it to follow one piece of the prompt, e.g. the tokens of a pass key, through the decision.
+
+        Args:
+            positions: 1-D int positions in ``[0, L)``, at least one.
+        """
+        pos = _check_positions(positions, self.prompt_len)
+        return (~self.evicted_mask()[:, pos]).mean(axis=1)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; arrays become nested lists (shapes as in the attributes)."""
         out = asdict(self)
@@ -137,6 +160,19 @@ class Trace:
     def mean_budget(self) -> float:
         """Average fraction of prompt rows kept over layers (what a fair fixed-budget baseline should use)."""
         return float(self.budgets.mean()) if self.layers else 1.0
+
+    def kept_share(self, positions: Any) -> np.ndarray:
+        """``(num_layers, H)``: for each layer and head, the share of ``positions`` kept.
+
+        ``trace.kept_share(key_positions).min(axis=1) == 1`` marks the layers where every head kept every one
+        of them. All layers must have the same head count ``H``.
+        """
+        if not self.layers:
+            return np.ones((0, 0))
+        heads = {d.num_heads for d in self.layers}
+        if len(heads) > 1:
+            raise ValueError(f"layers differ in head count ({sorted(heads)}); call LayerDecision.kept_share per layer")
+        return np.stack([d.kept_share(positions) for d in self.layers])
 
     def to_json(self) -> str:
         """The whole trace as a JSON string."""

@@ -112,6 +112,14 @@ class DemoRun:
     correct: bool
     stats: dict[str, Any]
     budgets: list[float] = field(default_factory=list)
+    key_share: list[list[float]] | None = None  # (layers, heads): share of the pass key's token rows kept
+
+    @property
+    def key_layers(self) -> int | None:
+        """Layers in which every head kept every token of the pass key (``None`` without a trace)."""
+        if not self.key_share:
+            return None
+        return int((np.asarray(self.key_share).min(axis=1) >= 1.0).sum())
 
 
 @dataclass
@@ -126,6 +134,7 @@ class DemoResult:
     total_s: float
     plot_path: Path | None
     trace: Any = None
+    key_positions: list[int] = field(default_factory=list)
 
     @property
     def all_correct(self) -> bool:
@@ -134,6 +143,42 @@ class DemoResult:
     def run(self, label_start: str) -> DemoRun:
         """The run whose label starts with ``label_start`` (``"full"``, ``"ReFreeKV"``, ``"H2O"``)."""
         return next(r for r in self.runs if r.label.startswith(label_start))
+
+
+def key_positions(tokens: list[str], passkey: str) -> list[int]:
+    """Prompt positions of the tokens that spell ``passkey``, at every place it occurs.
+
+    Args:
+        tokens: the prompt's tokens as display strings (``Trace.tokens``), whose concatenation is the prompt.
+        passkey: the digits to look for.
+
+    Returns:
+        Ascending positions of every token that overlaps an occurrence (empty when it is not found).
+    """
+    starts = np.cumsum([0] + [len(t) for t in tokens])  # token i covers characters [starts[i], starts[i+1])
+    text = "".join(tokens)
+    found: set[int] = set()
+    at = text.find(passkey)
+    while at >= 0 and passkey:
+        first = int(np.searchsorted(starts, at, side="right")) - 1
+        last = int(np.searchsorted(starts, at + len(passkey), side="left")) - 1
+        found.update(range(first, last + 1))
+        at = text.find(passkey, at + 1)
+    return sorted(found)
+
+
+def sink_share(trace: Any) -> np.ndarray:
+    """``(num_layers,)`` share of the last token's squared attention on candidates that position 0 holds.
+
+    The halting rule compares L2 norms of that attention; when one position dominates the sum of squares,
+    evicting everything else barely moves the norm. Averaged over query heads; NaN for a layer without candidates.
+    """
+    out = []
+    for d in trace.layers:
+        a2 = np.asarray(d.last_attn, dtype=np.float64) ** 2
+        total = a2.sum(axis=1)
+        out.append(float(np.mean(a2[:, 0] / np.where(total > 0, total, 1.0))) if a2.shape[1] else float("nan"))
+    return np.asarray(out)
 
 
 def _mib(num_bytes: int) -> float:
@@ -147,8 +192,15 @@ def budget_table(budgets: list[float], kept: list[int], per_row: int = 6) -> str
     return "\n".join(rows)
 
 
-def plot_budgets(budgets: list[float], path: Path, title: str) -> Path:
-    """Bar chart of per-layer budgets (fraction of the prompt's rows kept), saved as PNG."""
+def plot_budgets(budgets: list[float], path: Path, title: str, key_kept: list[float] | None = None) -> Path:
+    """Bar chart of per-layer budgets (fraction of the prompt's rows kept), saved as PNG.
+
+    Args:
+        budgets: ``(num_layers,)`` fractions.
+        path: the PNG to write.
+        title: the plot title.
+        key_kept: optional ``(num_layers,)`` share of the pass key's rows kept (mean over heads), drawn as dots.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; a notebook user calls this on a saved trace instead
@@ -158,6 +210,8 @@ def plot_budgets(budgets: list[float], path: Path, title: str) -> Path:
     layers = np.arange(len(budgets))
     ax.bar(layers, 100 * np.asarray(budgets), color="#3b7dd8")
     ax.axhline(100 * float(np.mean(budgets)), color="#d8643b", lw=1.2, label=f"mean {100 * np.mean(budgets):.1f}%")
+    if key_kept is not None:
+        ax.plot(layers, 100 * np.asarray(key_kept), "o", color="#222222", ms=4, label="pass-key rows kept (%)")
     ax.set_xlabel("layer")
     ax.set_ylabel("prompt KV rows kept (%)")
     ax.set_ylim(0, 100)
@@ -224,13 +278,17 @@ def run_demo(
 
     runs = []
     trace = None
+    positions: list[int] = []
     for step, (label, policy) in enumerate(policies, 2):
         say(f"[{step}/{steps}] {label}: prefill, decide, answer ...")
         result = generate(model_obj, tokenizer, prompt.text, policy=policy, max_new_tokens=max_new_tokens)
         answer = result.text.strip()
-        runs.append(
-            DemoRun(label, answer, prompt.is_correct(answer), dict(result.stats), result.trace.budgets.tolist())
-        )
+        run = DemoRun(label, answer, prompt.is_correct(answer), dict(result.stats), result.trace.budgets.tolist())
+        positions = positions or key_positions(result.trace.tokens, prompt.passkey)
+        if positions and result.trace.layers:
+            # Follow the pass key's own rows through every layer's decision: were they kept?
+            run.key_share = result.trace.kept_share(positions).tolist()
+        runs.append(run)
         if isinstance(policy, ReFreeKV):
             trace = result.trace
     prompt_tokens = int(runs[0].stats["prompt_tokens"])
@@ -243,9 +301,10 @@ def run_demo(
         if plot:
             say(f"[{steps}/{steps}] plotting per-layer budgets ...")
             title = f"ReFreeKV budgets per layer ({model}, {prompt_tokens} prompt tokens, threshold {threshold})"
-            plot_path = plot_budgets(runs[1].budgets, out_dir / "refreekv_demo_budgets.png", title)
+            key_kept = np.asarray(runs[1].key_share).mean(axis=1).tolist() if runs[1].key_share else None
+            plot_path = plot_budgets(runs[1].budgets, out_dir / "refreekv_demo_budgets.png", title, key_kept)
     total_s = time.perf_counter() - started
-    result = DemoResult(prompt, prompt_tokens, name, runs, load_s, total_s, plot_path, trace)
+    result = DemoResult(prompt, prompt_tokens, name, runs, load_s, total_s, plot_path, trace, positions)
     print(format_report(result), file=out, flush=True)
     return result
 
@@ -278,17 +337,42 @@ def format_report(result: DemoResult) -> str:
             f"mean {100 * float(np.mean(pruned.budgets)):.1f}%:",
             budget_table(pruned.budgets, pruned.stats.get("kept_per_layer", [0] * len(pruned.budgets))),
         ]
+    survival = [(run.label, run.key_layers, run.key_share) for run in result.runs if run.key_share]
+    if survival:
+        lines += ["", f"Where the pass key's {len(result.key_positions)} token rows survived (every KV head kept all):"]
+        for label, layers, share in survival:
+            lines.append(
+                f"  {label:<28} {layers:>2d} of {len(share)} layers; {100 * float(np.mean(share)):5.1f}% of its rows "
+                "over layers and heads"
+            )
     if result.plot_path is not None:
         lines.append(f"\nBudget plot: {result.plot_path}")
     lines.append(f"Model load {result.load_s:.1f}s, whole demo {result.total_s:.1f}s.")
-    if not result.runs[1].correct:
-        lines.append(
-            "Note: ReFreeKV missed the pass key here. On this 135M model the last token puts most of its attention on "
-            "the first token (an attention sink), so the norm-based halting rule sees little loss until almost every "
-            "other row is gone and keeps very few rows. Look at the budgets above, try a smaller --threshold, or "
-            "compare with the fixed-budget row."
-        )
+    if not pruned.correct:
+        lines.append("")
+        lines.append(explain_miss(result))
     return "\n".join(lines)
+
+
+def explain_miss(result: DemoResult) -> str:
+    """Why ReFreeKV missed the key, in numbers from this run's trace."""
+    text = (
+        "Note: ReFreeKV missed the pass key here. The halting rule stops when the L2 norm of the last prompt "
+        "token's attention on the kept rows has dropped by the threshold."
+    )
+    share = sink_share(result.trace) if result.trace is not None else np.zeros(0)
+    deep = share[len(share) // 2 :]
+    if np.isfinite(deep).any():
+        held = (
+            f"position 0 holds {100 * np.nanmean(share):.0f}% of that attention's squared sum on average and "
+            f"{100 * np.nanmean(deep):.0f}% in the second half of the layers"
+        )
+        if np.nanmean(deep) >= 0.5:
+            text += f" On this model the attention is dominated by an attention sink: {held}, so evicting almost "
+            text += "every other row barely moves the norm."
+        else:
+            text += f" Here {held}."
+    return text + " Compare with the fixed-budget row; docs/results.md has the threshold sweep."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from cases import make_case
 
 import refreekv_edu as rk
@@ -33,3 +34,16 @@ def test_evicted_mask_is_the_complement_of_kept():
     assert mask.shape == (2, 50)
     assert mask.sum(axis=1).tolist() == [dec.n_evicted] * 2
     assert not mask[:, -8:].any()
+
+
+def test_kept_share_against_a_loop_over_heads_and_positions():
+    dec = rk.ReFreeKV(threshold=0.2).decide_layer(*make_case("gqa_wide", seed=5))
+    positions = [0, 3, dec.prompt_len - 1, 7, 3]
+    expected = [np.mean([p in set(dec.kept[h].tolist()) for p in positions]) for h in range(dec.num_heads)]
+    np.testing.assert_allclose(dec.kept_share(positions), expected)
+    assert dec.kept_share([dec.prompt_len - 1]).tolist() == [1.0] * dec.num_heads  # the window is always kept
+    trace = rk.Trace(layers=[dec, dec])
+    assert trace.kept_share(positions).shape == (2, dec.num_heads)
+    for bad, match in [([], "non-empty"), ([[1]], "1-D"), ([0.5], "ints"), ([dec.prompt_len], r"must lie in \[0, ")]:
+        with pytest.raises(ValueError, match=match):
+            dec.kept_share(bad)

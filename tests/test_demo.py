@@ -84,7 +84,8 @@ def test_run_demo_flow_with_a_stand_in_model(monkeypatch, tmp_path):
             stats = {"kv_bytes_full": full, "kv_bytes_kept": full * 3 // 8, "kept_per_layer": [50, 25]}
             text = f"It is {key}" if policy.name == "refreekv" else "no idea"
         stats.update(prompt_tokens=L, new_tokens=5, prefill_s=1.0, decide_s=0.1, decode_s=0.5)
-        return GenerationResult(text=text, tokens=[1] * 5, trace=Trace(layers=layers), stats=stats)
+        tokens = ["x"] * 60 + list(key) + ["y"] * (L - 60 - len(key))  # the key's digits at positions 60..64
+        return GenerationResult(text=text, tokens=[1] * 5, trace=Trace(layers=layers, tokens=tokens), stats=stats)
 
     monkeypatch.setattr(sys.modules["refreekv_edu.models"], "load_model", fake_load)
     monkeypatch.setattr(sys.modules["refreekv_edu.generate"], "generate", fake_generate)
@@ -102,8 +103,30 @@ def test_run_demo_flow_with_a_stand_in_model(monkeypatch, tmp_path):
     assert "[1/5] loading smollm2-135m" in text
     assert re.search(r"ReFreeKV \(threshold 0\.05\)\s+It is \d+\s+yes\s+37\.5%\s+1\.50 /   4\.00", text)
     assert "L00  50.0% (  50) | L01  25.0% (  25)" in text
+    # layer 0 keeps rows 50..99 (the key at 60..64 survives), layer 1 keeps 75..99 (it does not)
+    assert result.key_positions == [60, 61, 62, 63, 64]
+    assert result.run("ReFreeKV").key_share == [[1.0, 1.0], [0.0, 0.0]] and result.run("ReFreeKV").key_layers == 1
+    assert result.run("full").key_share is None and result.run("full").key_layers is None
+    assert re.search(r"ReFreeKV \(threshold 0\.05\)\s+1 of 2 layers;\s+50\.0% of its rows", text)
     assert (tmp_path / "refreekv_demo_budgets.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Trace.load(tmp_path / "refreekv_demo_trace.json").budgets.tolist() == [0.5, 0.25]
+
+
+def test_key_positions_follow_the_key_across_token_boundaries():
+    assert demo.key_positions(["The", " key", " is", " ", "6", "6", "2", "2", "6", ".", " ", "662", "26"], "66226") == [
+        4, 5, 6, 7, 8, 11, 12,
+    ]  # fmt: skip
+    assert demo.key_positions(["x6", "62", "26y", "z"], "66226") == [0, 1, 2]  # digits glued to other text
+    assert demo.key_positions(["12", "", "3"], "123") == [0, 1, 2]
+    assert demo.key_positions(["no", " key"], "66226") == []
+
+
+def test_sink_share_is_position_zeros_share_of_the_squared_attention():
+    d = _fake_decision(0, 50, 100)
+    d.last_attn = np.array([[0.6, 0.2, 0.2], [0.1, 0.3, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
+    expected = np.mean([0.36 / 0.44, 0.01 / 0.10, 0.0, 1.0])  # a head with no attention counts as 0
+    np.testing.assert_allclose(demo.sink_share(Trace(layers=[d])), [expected], rtol=1e-6)
+    assert np.isnan(demo.sink_share(Trace(layers=[_fake_decision(0, 50, 100)]))).all()  # no candidates
 
 
 def test_command_line_arguments():
@@ -132,4 +155,10 @@ def test_real_demo_on_the_bundled_model(tmp_path):
     refree = result.run("ReFreeKV")
     assert refree.stats["kv_bytes_kept"] < refree.stats["kv_bytes_full"]
     assert len(refree.budgets) == 30 and all(0 < b < 1 for b in refree.budgets)
+    # the key is written twice in the needle; its digit tokens are what the survival report follows
+    tokens = result.trace.tokens
+    assert len(result.key_positions) == 10
+    assert "".join(tokens[p] for p in result.key_positions).replace(" ", "") == result.prompt.passkey * 2
+    assert np.asarray(refree.key_share).shape == (30, 3)
+    assert result.run("H2O").key_layers >= 1  # the fixed 30% budget keeps the key whole somewhere
     assert (tmp_path / "refreekv_demo_budgets.png").exists()

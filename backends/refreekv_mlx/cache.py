@@ -89,7 +89,16 @@ class CompressedKVCache(_BaseCache):
 
     @classmethod
     def from_kv_cache(cls, cache: KVCache, kept: np.ndarray) -> CompressedKVCache:
-        """Compact an mlx-lm ``KVCache`` holding exactly the prompt (``cache.offset == L``)."""
+        """Compact an mlx-lm ``KVCache`` holding exactly the prompt (``cache.offset == L``).
+
+        Args:
+            cache: the layer's cache after prefill; its keys and values are ``(1, Hkv, capacity, D)``, of which
+                the first ``cache.offset`` rows are read (the rest is buffer slack).
+            kept: ``(Hkv, n_kept)`` int, kept positions per KV head (ascending; same count per head).
+
+        Returns:
+            a cache with ``rows = n_kept`` and ``offset = L`` (see :meth:`from_kept`).
+        """
         keys, values = cache.keys[..., : cache.offset, :], cache.values[..., : cache.offset, :]
         return cls.from_kept(keys, values, kept, prompt_len=cache.offset)
 
@@ -170,6 +179,7 @@ class CompressedKVCache(_BaseCache):
 
     @property
     def valid_values(self) -> mx.array:
+        """``(1, Hkv, rows, D)`` the value rows in use."""
         return self.values[..., : self.rows, :]
 
     @property

@@ -111,6 +111,17 @@ def compress_prompt(
 ) -> CompressedPrompt:
     """Prefill ``tokens``, decide every compressible layer with ``policy`` and compact its cache.
 
+    Args:
+        model: an mlx-lm model of a supported family.
+        tokens: ``(L,)`` prompt token ids (a list or a 1-D ``mx.array``), ``L >= 1``.
+        policy: a refreekv_edu policy; one that does not compress (``FullCache``) leaves every cache as is.
+        chunk_size: prefill tokens per forward call.
+        backend: backend for the decisions, a name or instance (``None`` / ``"auto"``: MLX if it imports, else numpy).
+        progress: show a tqdm bar over the prefill chunks.
+
+    Returns:
+        a :class:`CompressedPrompt`; sliding-window layers keep the model's own cache.
+
     Raises:
         ValueError: ``gqa="expand"`` on a GQA model (its kept sets are per query head, so a cache that
             stores ``Hkv`` heads cannot be compacted; use ``gqa="group"``), or an unsupported family.

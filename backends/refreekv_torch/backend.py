@@ -164,7 +164,10 @@ class TorchBackend(Backend):
 
     # --------------------------------------------------------------- fused ops
     def kernel_path(self, x: torch.Tensor) -> tuple[str, str]:
-        """Which implementation the fused ops use for tensors like ``x``: ``("triton" | "torch", reason)``."""
+        """Which implementation the fused ops use for tensors like ``x``: ``("triton" | "torch", reason)``.
+
+        ``x`` may have any shape and dtype: only its device is read (CUDA tensors go to Triton in ``"auto"`` mode).
+        """
         if self.kernels == "torch":
             return "torch", "kernels='torch' requested"
         if self.kernels == "triton":

@@ -72,6 +72,7 @@ class AttentionLayerInfo:
 
     @property
     def is_sliding(self) -> bool:
+        """True for a sliding-window layer (``sliding_window`` is set); such layers are not compressed."""
         return self.sliding_window is not None
 
 
@@ -82,6 +83,7 @@ def text_config(model: Any) -> Any:
 
 
 def model_type(model: Any) -> str:
+    """The decoder config's ``model_type`` (e.g. ``"llama"``, ``"qwen3"``), else the model's class name."""
     return str(getattr(text_config(model), "model_type", type(model).__name__))
 
 

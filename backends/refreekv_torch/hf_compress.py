@@ -200,6 +200,7 @@ class CompressionStats:
     decide_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """The five fields as a plain dict (``kept_per_layer`` copied), the form ``GenerationResult.stats`` takes."""
         return {
             "prompt_tokens": self.prompt_tokens,
             "kept_per_layer": list(self.kept_per_layer),

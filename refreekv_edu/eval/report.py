@@ -122,6 +122,7 @@ def markdown_table(rows: Sequence[SummaryRow]) -> str:
 
 
 def task_label(task: str, length: int) -> str:
+    """``"<task> @<length>"``, e.g. ``"passkey @1024"``; just ``task`` when ``length`` is 0 (no target length)."""
     return f"{task} @{length}" if length else task
 
 

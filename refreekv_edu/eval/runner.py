@@ -71,6 +71,13 @@ class EvalConfig:
     progress: bool = True
 
     def validate(self) -> None:
+        """Check the config before any model is loaded; return nothing if it is usable.
+
+        Raises:
+            ValueError: a task that is neither an offline task nor a dataset, no lengths or a length
+                below 64 tokens, ``samples < 1``, or a method name :func:`~refreekv_edu.eval.methods.parse_methods`
+                does not accept.
+        """
         unknown = [t for t in self.tasks if t not in TASKS and t not in DATASETS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; offline tasks: {', '.join(TASKS)}; datasets: {', '.join(DATASETS)}")

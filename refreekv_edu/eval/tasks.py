@@ -54,6 +54,7 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (``dataclasses.asdict``: ``references`` and ``meta`` are copied)."""
         return asdict(self)
 
 

@@ -103,6 +103,14 @@ def halting_cut(last_attn: np.ndarray, order: np.ndarray, threshold: float) -> i
     """Step 6: ``e* = max { e in [0, n-1] : ratio(e) <= threshold }`` -- evict as much as the threshold allows.
 
     ``e`` stops at ``n - 1``, so at least one candidate always stays; ``ratio(0) = 0``, so ``e* >= 0``.
+
+    Args:
+        last_attn: ``(H, n)`` the halting signal ``a`` (last prompt token's attention on the candidates).
+        order: ``(H, n)`` candidate indices per head, least important first.
+        threshold: halting threshold in ``[0, 1)``.
+
+    Returns:
+        ``e*``, the number of candidates each head evicts (0 when there are no candidates).
     """
     ratio = halting_curve(last_attn, order)
     allowed = np.flatnonzero(ratio <= threshold)

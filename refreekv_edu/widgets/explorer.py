@@ -153,12 +153,12 @@ class DecisionExplorer:
 
     @property
     def evicted_positions(self) -> np.ndarray:
-        """Prompt positions the displayed head evicted, ascending."""
+        """``(n_evicted,)`` prompt positions the displayed head evicted, ascending (``n_evicted`` is ``e*``)."""
         return np.flatnonzero(np.array(self.token_classes) == EVICTED)
 
     @property
     def window_positions(self) -> np.ndarray:
-        """The protected window ``[L - w, L)``."""
+        """``(w,)`` the protected window positions ``L - w .. L - 1``, ascending."""
         return np.flatnonzero(np.array(self.token_classes) == WINDOW)
 
     @property

@@ -122,7 +122,15 @@ def plot_budgets(
 def plot_threshold_sweep(
     ax: Any, thresholds: np.ndarray, mean_budgets: np.ndarray, current: float, current_budget: float
 ) -> None:
-    """Mean budget over layers as a function of the threshold, with the current threshold marked."""
+    """Mean budget over layers as a function of the threshold, with the current threshold marked.
+
+    Args:
+        ax: a matplotlib Axes.
+        thresholds: ``(T,)`` thresholds swept, ascending.
+        mean_budgets: ``(T,)`` mean over layers of the share of prompt rows kept at each threshold.
+        current: the threshold to mark.
+        current_budget: the mean budget at ``current``.
+    """
     ax.plot(thresholds, mean_budgets, color="#3182bd", lw=1.6)
     ax.plot([current], [current_budget], "o", color=CUT_COLOR, label=f"threshold {current:.3f}: {current_budget:.2f}")
     ax.set_ylim(0, 1.05)

@@ -139,7 +139,7 @@ class StepThrough:
 
     @property
     def evicted_positions(self) -> np.ndarray:
-        """Positions the shown head has evicted at the current step, in eviction order (least important first)."""
+        """``(e,)`` int64 positions the shown head has evicted at step ``e``, least important first."""
         return np.asarray(self.decision.order[self.head, : self.step], dtype=np.int64)
 
     @property

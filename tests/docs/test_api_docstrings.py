@@ -38,29 +38,7 @@ SHAPE_WORDS = re.compile(r"\b(shapes?|axis|axes|elementwise|element-wise|scalar)
 
 #: Public objects known to lack a docstring or a shape, each with the owner asked to fix it.
 #: They are strict xfails: when someone fixes one, the test fails until the entry is removed here.
-KNOWN_GAPS: dict[str, str] = {
-    # helper F (refreekv_edu/eval)
-    "refreekv_edu.eval.runner.EvalConfig.validate": "helper F: add a docstring",
-    "refreekv_edu.eval.tasks.Sample.to_dict": "helper F: add a docstring",
-    # helper A (backends/refreekv_torch/backend.py)
-    "refreekv_torch.backend.TorchBackend.kernel_path": "helper A: say x may have any shape",
-    "refreekv_edu.eval.report.task_label": "helper F: add a docstring",
-    # helper E2 (refreekv_edu/exercises)
-    "refreekv_edu.exercises.solutions.halting_cut": "helper E2: state the shapes, last_attn (H, n), order (H, n)",
-    # helper D (backends/refreekv_mlx: cache.py, generation.py)
-    "refreekv_mlx.cache.CompressedKVCache.from_kv_cache": "helper D: state the shape of kept, (Hkv, n_kept)",
-    "refreekv_mlx.cache.CompressedKVCache.valid_values": "helper D: add a docstring",
-    "refreekv_mlx.generation.compress_prompt": "helper D: state the shape of tokens, (L,)",
-    # helper B (backends/refreekv_torch: hf_adapter.py, hf_compress.py)
-    "refreekv_torch.hf_adapter.AttentionLayerInfo.is_sliding": "helper B: add a docstring",
-    "refreekv_torch.hf_adapter.model_type": "helper B: add a docstring",
-    "refreekv_torch.hf_compress.CompressionStats.as_dict": "helper B: add a docstring",
-    # helper E1 (refreekv_edu/widgets)
-    "refreekv_edu.widgets.plots.plot_threshold_sweep": "helper E1: state the array shapes it takes",
-    "refreekv_edu.widgets.explorer.DecisionExplorer.evicted_positions": "helper E1: state the shape, e.g. (n_evicted,)",
-    "refreekv_edu.widgets.explorer.DecisionExplorer.window_positions": "helper E1: state the shape, e.g. (w,)",
-    "refreekv_edu.widgets.step_through.StepThrough.evicted_positions": "helper E1: state the shape, e.g. (e,)",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def api_directives() -> list[tuple[str, bool]]:
