@@ -372,7 +372,7 @@ def explain_miss(result: DemoResult) -> str:
             text += "every other row barely moves the norm."
         else:
             text += f" Here {held}."
-    return text + " Compare with the fixed-budget row; docs/results.md has the threshold sweep."
+    return text + " Compare with the fixed-budget row; docs/concepts/over-pruning.md works through it, with a threshold sweep."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
