@@ -161,10 +161,26 @@ class Trace:
         """Average fraction of prompt rows kept over layers (what a fair fixed-budget baseline should use)."""
         return float(self.budgets.mean()) if self.layers else 1.0
 
+    def positions_of(self, text: str) -> list[int]:
+        """Positions of the prompt tokens that overlap any occurrence of ``text`` in the joined ``tokens``.
+
+        Finds a needle or pass key however the tokenizer split it (``" 123" + "45"`` spells ``"12345"``).
+        Returns ascending positions, empty when ``text`` does not occur (or the trace holds no tokens).
+        """
+        joined = "".join(self.tokens)
+        ends = np.cumsum([len(t) for t in self.tokens])  # token i covers characters [ends[i] - len_i, ends[i])
+        starts = ends - np.array([len(t) for t in self.tokens], dtype=ends.dtype)
+        hit = np.zeros(len(self.tokens), dtype=bool)
+        at = joined.find(text) if text else -1
+        while at >= 0:
+            hit |= (starts < at + len(text)) & (ends > at)
+            at = joined.find(text, at + 1)
+        return np.flatnonzero(hit).tolist()
+
     def kept_share(self, positions: Any) -> np.ndarray:
         """``(num_layers, H)``: for each layer and head, the share of ``positions`` kept.
 
-        ``trace.kept_share(key_positions).min(axis=1) == 1`` marks the layers where every head kept every one
+        ``trace.kept_share(trace.positions_of(key)).min(axis=1) == 1`` marks the layers where every head kept every one
         of them. All layers must have the same head count ``H``.
         """
         if not self.layers:

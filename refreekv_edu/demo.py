@@ -7,7 +7,8 @@ first fetch):
 2. the model answers with the **full cache**, with the cache **compressed by ReFreeKV**, and (for
    comparison) with an H2O cache at a **fixed 30% budget**;
 3. both answers, the share of the KV cache kept (and MiB), the per-layer budgets ReFreeKV chose on
-   its own (no budget was given), the time of each phase, and a PNG plot of the budgets.
+   its own (no budget was given), in how many layers the pass key's own rows survived, the time of each
+   phase, and a PNG plot of the budgets.
 
 Run it with ``refreekv-edu demo`` or ``python -m refreekv_edu.demo``, or from Python::
 
@@ -145,28 +146,6 @@ class DemoResult:
         return next(r for r in self.runs if r.label.startswith(label_start))
 
 
-def key_positions(tokens: list[str], passkey: str) -> list[int]:
-    """Prompt positions of the tokens that spell ``passkey``, at every place it occurs.
-
-    Args:
-        tokens: the prompt's tokens as display strings (``Trace.tokens``), whose concatenation is the prompt.
-        passkey: the digits to look for.
-
-    Returns:
-        Ascending positions of every token that overlaps an occurrence (empty when it is not found).
-    """
-    starts = np.cumsum([0] + [len(t) for t in tokens])  # token i covers characters [starts[i], starts[i+1])
-    text = "".join(tokens)
-    found: set[int] = set()
-    at = text.find(passkey)
-    while at >= 0 and passkey:
-        first = int(np.searchsorted(starts, at, side="right")) - 1
-        last = int(np.searchsorted(starts, at + len(passkey), side="left")) - 1
-        found.update(range(first, last + 1))
-        at = text.find(passkey, at + 1)
-    return sorted(found)
-
-
 def sink_share(trace: Any) -> np.ndarray:
     """``(num_layers,)`` share of the last token's squared attention on candidates that position 0 holds.
 
@@ -284,7 +263,7 @@ def run_demo(
         result = generate(model_obj, tokenizer, prompt.text, policy=policy, max_new_tokens=max_new_tokens)
         answer = result.text.strip()
         run = DemoRun(label, answer, prompt.is_correct(answer), dict(result.stats), result.trace.budgets.tolist())
-        positions = positions or key_positions(result.trace.tokens, prompt.passkey)
+        positions = positions or result.trace.positions_of(prompt.passkey)
         if positions and result.trace.layers:
             # Follow the pass key's own rows through every layer's decision: were they kept?
             run.key_share = result.trace.kept_share(positions).tolist()
@@ -356,10 +335,10 @@ def format_report(result: DemoResult) -> str:
 
 def explain_miss(result: DemoResult) -> str:
     """Why ReFreeKV missed the key, in numbers from this run's trace."""
-    text = (
+    parts = [
         "Note: ReFreeKV missed the pass key here. The halting rule stops when the L2 norm of the last prompt "
         "token's attention on the kept rows has dropped by the threshold."
-    )
+    ]
     share = sink_share(result.trace) if result.trace is not None else np.zeros(0)
     deep = share[len(share) // 2 :]
     if np.isfinite(deep).any():
@@ -367,12 +346,17 @@ def explain_miss(result: DemoResult) -> str:
             f"position 0 holds {100 * np.nanmean(share):.0f}% of that attention's squared sum on average and "
             f"{100 * np.nanmean(deep):.0f}% in the second half of the layers"
         )
-        if np.nanmean(deep) >= 0.5:
-            text += f" On this model the attention is dominated by an attention sink: {held}, so evicting almost "
-            text += "every other row barely moves the norm."
+        if np.nanmean(deep) >= 0.5:  # only then is "dominated" the right word
+            parts.append(
+                f"On this model it is dominated by an attention sink: {held}, so evicting almost every other row "
+                "barely moves the norm."
+            )
         else:
-            text += f" Here {held}."
-    return text + " Compare with the fixed-budget row; docs/concepts/over-pruning.md works through it, with a threshold sweep."
+            parts.append(f"Here {held}.")
+    parts.append(
+        "Compare with the fixed-budget row; docs/concepts/over-pruning.md works through it, with a threshold sweep."
+    )
+    return " ".join(parts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -47,3 +47,15 @@ def test_kept_share_against_a_loop_over_heads_and_positions():
     for bad, match in [([], "non-empty"), ([[1]], "1-D"), ([0.5], "ints"), ([dec.prompt_len], r"must lie in \[0, ")]:
         with pytest.raises(ValueError, match=match):
             dec.kept_share(bad)
+
+
+def test_positions_of_finds_text_across_token_boundaries():
+    def positions(tokens, text):
+        return rk.Trace(tokens=tokens).positions_of(text)
+
+    assert positions(["The", " key", " is", " ", "6", "6", "2", "2", "6", ".", " ", "662", "26"], "66226") == [
+        4, 5, 6, 7, 8, 11, 12,
+    ]  # fmt: skip
+    assert positions(["x6", "62", "26y", "z"], "66226") == [0, 1, 2]  # glued to other text
+    assert positions(["12", "", "3"], "123") == [0, 1, 2]  # an empty token inside the match counts
+    assert positions(["no", " key"], "66226") == [] and positions([], "1") == [] and positions(["a"], "") == []

@@ -112,15 +112,6 @@ def test_run_demo_flow_with_a_stand_in_model(monkeypatch, tmp_path):
     assert Trace.load(tmp_path / "refreekv_demo_trace.json").budgets.tolist() == [0.5, 0.25]
 
 
-def test_key_positions_follow_the_key_across_token_boundaries():
-    assert demo.key_positions(["The", " key", " is", " ", "6", "6", "2", "2", "6", ".", " ", "662", "26"], "66226") == [
-        4, 5, 6, 7, 8, 11, 12,
-    ]  # fmt: skip
-    assert demo.key_positions(["x6", "62", "26y", "z"], "66226") == [0, 1, 2]  # digits glued to other text
-    assert demo.key_positions(["12", "", "3"], "123") == [0, 1, 2]
-    assert demo.key_positions(["no", " key"], "66226") == []
-
-
 def test_sink_share_is_position_zeros_share_of_the_squared_attention():
     d = _fake_decision(0, 50, 100)
     d.last_attn = np.array([[0.6, 0.2, 0.2], [0.1, 0.3, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], np.float32)

@@ -142,29 +142,14 @@ def sample_score(sample: Sample, text: str) -> float:
     return metrics.score(sample.metric, text, sample.references, **sample.meta)
 
 
-def needle_positions(tokens: list[str], needle: str) -> list[int]:
-    """Indices of the prompt tokens that spell any occurrence of ``needle`` (display tokens joined back into text)."""
-    starts, text = [], ""
-    for t in tokens:
-        starts.append(len(text))
-        text += t
-    ends = starts[1:] + [len(text)]
-    spans, at = [], text.find(needle)
-    while at >= 0:
-        spans.append((at, at + len(needle)))
-        at = text.find(needle, at + 1)
-    return [i for i, (a, b) in enumerate(zip(starts, ends)) if any(a < e and b > s for s, e in spans)]
-
-
 def needle_kept(trace: Any, needle: str) -> float | None:
     """Share of (layer, head) kept sets that still hold every token of ``needle`` (``None`` when not found)."""
     if not trace.layers or not trace.tokens:
         return None if not trace.tokens else 1.0
-    pos = needle_positions(list(trace.tokens), needle)
+    pos = trace.positions_of(needle)
     if not pos:
         return None
-    hits = [bool(np.isin(pos, row).all()) for d in trace.layers for row in np.asarray(d.kept)]
-    return float(np.mean(hits))
+    return float((trace.kept_share(pos) == 1.0).mean())
 
 
 @dataclass

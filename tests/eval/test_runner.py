@@ -15,7 +15,7 @@ import pytest
 import refreekv_edu as rk
 from refreekv_edu.eval import methods as meth
 from refreekv_edu.eval import report
-from refreekv_edu.eval.runner import EvalConfig, Runner, needle_kept, needle_positions, read_records
+from refreekv_edu.eval.runner import EvalConfig, Runner, needle_kept, read_records
 
 
 class FakeModel:
@@ -131,9 +131,9 @@ def test_bad_config_is_explained(tmp_path):
         EvalConfig(lengths=[10]).validate()
 
 
-def test_needle_positions_brute_force():
+def test_needle_kept_counts_whole_needles_per_layer_and_head():
     tokens = ["The", " key", " is", " 123", "45", ".", " 12345", " again"]
-    assert needle_positions(tokens, "12345") == [3, 4, 6]
+    assert rk.Trace(tokens=tokens).positions_of("12345") == [3, 4, 6]
     kept = np.array([[0, 3, 4, 6, 7], [0, 1, 2, 6, 7]])
     dec = rk.LayerDecision(kept=kept, order=np.zeros((2, 0), np.int64), scores=np.zeros((2, 0), np.float32),
                            last_attn=np.zeros((2, 0), np.float32), curve=np.zeros(0, np.float32), n_evicted=3, prompt_len=8,

@@ -23,11 +23,6 @@ def displayed_kept(explorer):
     return np.array(sorted(p for p, c in parsed.items() if c & {"rk-kept", "rk-window"}))
 
 
-@pytest.fixture(scope="module")
-def trace():
-    return make_trace()
-
-
 def test_initial_state_shows_layer_0_head_0(trace):
     ex = DecisionExplorer(trace)
     d = trace.layers[0]

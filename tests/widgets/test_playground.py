@@ -16,11 +16,6 @@ pytest.importorskip("matplotlib", reason="the widgets need matplotlib")
 from refreekv_edu.widgets import ThresholdPlayground, budgets_at_threshold  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def trace():
-    return make_trace()
-
-
 def test_budgets_at_the_traces_own_threshold_are_the_traces_budgets(trace):
     cuts, budgets = budgets_at_threshold(trace, 0.05)
     np.testing.assert_array_equal(cuts, [d.n_evicted for d in trace.layers])

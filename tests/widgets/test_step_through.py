@@ -16,11 +16,6 @@ from refreekv_edu.widgets import StepThrough, classes_by_position  # noqa: E402
 from refreekv_edu.widgets.step_through import retained_norms  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def trace():
-    return make_trace()
-
-
 def test_retained_norms_match_the_definition(trace):
     d = trace.layers[4]
     norms = retained_norms(d)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures.make_trace import make_trace
 
 from refreekv_edu.widgets.token_view import (
     EVICTED,
@@ -24,11 +23,6 @@ def brute_classes(decision, head):
     length, window = decision.prompt_len, decision.window
     kept = set(int(p) for p in decision.kept[head])
     return [WINDOW if p >= length - window else KEPT if p in kept else EVICTED for p in range(length)]
-
-
-@pytest.fixture(scope="module")
-def trace():
-    return make_trace()
 
 
 def test_token_classes_match_definition_for_every_layer_and_head(trace):
