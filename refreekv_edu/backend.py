@@ -17,7 +17,7 @@ overrides :meth:`Backend.load_model`, :meth:`Backend.owns_model` and
 :func:`refreekv_edu.generate` dispatch to.
 
 Shapes used throughout: ``Hq`` query heads, ``Hkv`` key/value heads, ``L`` prompt
-length, ``w`` observation window, ``n = L - w`` candidates, ``D`` head dim.
+length, ``m`` sinks, ``w`` protected window, ``n = L - m - w`` candidates, ``D`` head dim.
 """
 
 from __future__ import annotations
@@ -121,35 +121,40 @@ class Backend:
         raise NotImplementedError
 
     # --------------------------------------------------------------- fused ops
-    def window_scores(self, queries: Array, keys: Array, scale: float, window: int) -> tuple[Array, Array]:
-        """Observation-window attention, reduced to what the algorithm needs (steps 2-4).
+    def window_scores(
+        self, queries: Array, keys: Array, scale: float, window: int, n_cols: int | None = None
+    ) -> tuple[Array, Array]:
+        """The attention a decision reads, reduced to two ``(Hq, n_cols)`` arrays (Eq. 1 and the window ranking).
 
         Args:
-            queries: ``(Hq, w, D)`` float32, the post-RoPE queries of the last ``w`` prompt positions.
-            keys: ``(Hkv, L, D)`` float32 post-RoPE keys, ``L > w``, ``Hq = G * Hkv``: query head ``h`` reads
-                KV head ``h // G`` (as ``repeat_kv`` would), without copying the keys ``G`` times.
+            queries: ``(Hq, r, D)`` float32, the post-RoPE queries of the last ``r = window`` prompt positions
+                (``r = 1`` when only the last row is needed, as for the paper's recency ranking).
+            keys: ``(Hkv, L, D)`` float32 post-RoPE keys, ``Hq = G * Hkv``: query head ``h`` reads KV head
+                ``h // G`` (as ``repeat_kv`` would), without copying the keys ``G`` times.
             scale: attention scale (usually ``1/sqrt(D)``).
-            window: ``w``.
+            window: ``r``, the number of query rows (row ``i`` is prompt position ``L - r + i``; causal mask).
+            n_cols: how many leading key positions to report, ``1 <= n_cols <= L``; default ``L - r`` (the
+                positions before the window, as the official script needs).
 
         Returns:
-            ``(col_sum, last_row)``, both ``(Hq, n)`` float32 with ``n = L - w``: the sum over the ``w``
-            window rows of the softmax attention on each candidate, and the last row's attention on each
-            candidate. The default materialises exactly the ``(Hq, w, L)`` window block.
+            ``(col_sum, last_row)``, both ``(Hq, n_cols)`` float32: the softmax attention (over all ``L`` keys) on
+            each of the first ``n_cols`` positions summed over the ``r`` rows, and the last row's. The default
+            materialises exactly the ``(Hq, r, L)`` block: one ``q K^T`` row per head when ``r = 1``.
         """
         num_q_heads, _, head_dim = queries.shape
         kv_heads, length, _ = keys.shape
-        n = length - window
-        # The G query heads of a KV head become G * w rows against that head's keys: one matmul, no copy.
+        n = length - window if n_cols is None else n_cols
+        # The G query heads of a KV head become G * r rows against that head's keys: one matmul, no copy.
         grouped = queries.reshape(kv_heads, (num_q_heads // kv_heads) * window, head_dim)
         logits = self.matmul(grouped, self.transpose_last(keys)).reshape(num_q_heads, window, length)
         logits = logits * scale + self.causal_window_mask(window, length)
-        probs = self.softmax(logits, axis=-1)  # (Hq, w, L)
+        probs = self.softmax(logits, axis=-1)  # (Hq, r, L)
         col_sum = self.sum(probs[:, :, :n], axis=1)
         last_row = probs[:, window - 1, :n]
         return col_sum, last_row
 
     def halting_curve(self, a_sorted: Array) -> Array:
-        """Mean retained norm for every eviction count (step 5).
+        """Mean retained norm for every eviction count (Eq. 2).
 
         Args:
             a_sorted: ``(Hq, n)`` float32, each head's last-row attention on the candidates, ordered least

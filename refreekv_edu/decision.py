@@ -21,6 +21,7 @@ _ARRAY_FIELDS = {
     "scores": np.float32,
     "last_attn": np.float32,
     "curve": np.float32,
+    "sink_attn": np.float32,
 }
 
 
@@ -41,24 +42,31 @@ class LayerDecision:
     """One layer's eviction decision.
 
     Shapes: ``H`` is the number of heads that own a kept set: ``Hkv`` for ``gqa="group"``, ``Hq`` for
-    ``gqa="expand"`` (and for non-GQA models, where both are equal). ``n = prompt_len - window`` candidates.
+    ``gqa="expand"`` (and for non-GQA models, where both are equal). The prompt splits into ``m = sinks``
+    sinks ``[0, m)``, ``n = L - m - w`` candidates ``[m, L - w)`` and the protected window ``[L - w, L)``;
+    candidate index ``i`` is prompt position ``m + i``.
 
     Attributes:
-        kept: ``(H, n_kept)`` int64, kept prompt positions per head, ascending; always ends with the
-            window positions ``[L - w, L)``.
+        kept: ``(H, n_kept)`` int64, kept prompt positions per head, ascending; always starts with the sinks
+            and ends with the window positions.
         order: ``(H, n)`` int64, candidate indices least important first (ties: older first).
         scores: ``(H, n)`` float32, the ranking score of each candidate (higher = more important).
         last_attn: ``(Hq, n)`` float32, the halting signal ``a``: last prompt token's attention on candidates.
         curve: ``(n,)`` float32, ``ratio(e)`` for ``e = 0 .. n-1`` (empty when ``n == 0`` or not computed).
         n_evicted: ``e*``, candidates evicted per head.
         prompt_len: ``L``.
-        window: ``w`` actually protected (``min(window, L)``).
+        window: ``w`` actually protected.
         threshold: the halting threshold used (``None`` for fixed budgets / full cache).
         policy: policy name, e.g. ``"refreekv"``, ``"fixed"``, ``"full"``.
         ranking: ranking name.
         gqa: ``"group"`` or ``"expand"``.
         layer: layer index in the model (``None`` when decided standalone).
         group_size: ``G = Hq / Hkv``.
+        sinks: ``m`` actually kept as sinks.
+        sink_attn: ``(Hq, m)`` float32, the last prompt token's attention on the sinks (outside the metric
+            unless ``sinks_in_metric``).
+        sinks_in_metric: whether the sinks counted in the norm (the ``"sinks-in-metric"`` ablation).
+        full_layer: True for a layer the policy never prunes (``full_layers``): everything kept, nothing computed.
     """
 
     kept: np.ndarray
@@ -75,11 +83,33 @@ class LayerDecision:
     gqa: str
     layer: int | None = None
     group_size: int = 1
+    sinks: int = 0
+    sink_attn: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    sinks_in_metric: bool = False
+    full_layer: bool = False
 
     @property
     def n_candidates(self) -> int:
-        """``n = L - w``."""
-        return max(self.prompt_len - self.window, 0)
+        """``n = L - m - w`` (0 for a full layer)."""
+        return 0 if self.full_layer else max(self.prompt_len - self.sinks - self.window, 0)
+
+    @property
+    def protected(self) -> int:
+        """Rows kept whatever the metric says: ``m + w``."""
+        return self.sinks + self.window
+
+    def candidate_positions(self) -> np.ndarray:
+        """``(H, n)`` int64: ``order`` as prompt positions (``sinks + index``), least important first."""
+        return self.order + self.sinks
+
+    def cut(self, threshold: float) -> int:
+        """``e*`` this layer would evict at another ``threshold``, from the stored signal (no model needed)."""
+        from .halting import halting_cut
+
+        if self.n_candidates == 0:
+            return 0
+        always = self.sink_attn if self.sinks_in_metric and self.sinks else None
+        return halting_cut(self.last_attn, self.order, threshold, always_kept=always)
 
     @property
     def n_kept(self) -> int:
@@ -88,7 +118,7 @@ class LayerDecision:
 
     @property
     def budget(self) -> float:
-        """Fraction of the prompt's rows kept: ``(n - e* + w) / L`` (1.0 for an empty prompt)."""
+        """Fraction of the prompt's rows kept: ``(m + n - e* + w) / L`` (1.0 for an empty prompt or a full layer)."""
         return self.n_kept / self.prompt_len if self.prompt_len else 1.0
 
     @property
@@ -126,13 +156,17 @@ class LayerDecision:
         names = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         for name, dtype in _ARRAY_FIELDS.items():
-            kwargs[name] = np.asarray(kwargs[name], dtype=dtype)  # (H, 0) arrays come back as [[], ...]: shape kept
+            if name in kwargs:  # (H, 0) arrays come back as [[], ...]: shape kept
+                kwargs[name] = np.asarray(kwargs[name], dtype=dtype)
         return cls(**kwargs)
 
     def __repr__(self) -> str:
+        if self.full_layer:
+            return f"LayerDecision(layer={self.layer}, policy={self.policy!r}, L={self.prompt_len}, full layer, budget=1.000)"
         return (
-            f"LayerDecision(layer={self.layer}, policy={self.policy!r}, L={self.prompt_len}, w={self.window}, "
-            f"heads={self.num_heads}, evicted={self.n_evicted}/{self.n_candidates}, budget={self.budget:.3f})"
+            f"LayerDecision(layer={self.layer}, policy={self.policy!r}, L={self.prompt_len}, m={self.sinks}, "
+            f"w={self.window}, heads={self.num_heads}, evicted={self.n_evicted}/{self.n_candidates}, "
+            f"budget={self.budget:.3f})"
         )
 
 

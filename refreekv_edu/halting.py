@@ -1,4 +1,4 @@
-"""The halting rule: the retained-norm curve and the cut (steps 5-6 of the algorithm).
+"""The halting rule: the retained-norm curve and the cut (Eq. 2-3 of the paper).
 
 Notation (numpy arrays, float32):
 
@@ -15,7 +15,9 @@ For every eviction count ``e = 0 .. n-1`` (evict the ``e`` least important candi
     ratio(e) = (R(0) - R(e)) / R(0)                              # share of the norm lost, non-decreasing
     e*       = max { e in [0, n-1] : ratio(e) <= threshold }     # evict as much as stays within the threshold
 
-``e <= n - 1`` means at least one candidate always stays. If ``R(0) == 0`` (no candidate receives any
+``e <= n - 1`` means at least one candidate always stays. Positions that are never evicted but still
+count in the norm (the sinks, in the ``"sinks-in-metric"`` ablation) are passed as ``always_kept``
+``(H, k)``: they join every tail sum. If ``R(0) == 0`` (no candidate receives any
 attention) nothing can be lost, ``ratio`` is 0 everywhere and ``e* = n - 1``. The tail sums are computed
 as a *reverse scan* of the squares, never as ``total - prefix``, which goes slightly negative in float32
 and turns ``sqrt`` into NaN.
@@ -40,7 +42,7 @@ def check_threshold(threshold: float) -> float:
     if not np.isfinite(value) or not 0.0 <= value < 1.0:
         raise ValueError(
             f"threshold must lie in [0, 1) (the share of the attention norm you accept to lose), got {threshold!r}; "
-            "the paper's default is 0.05"
+            "the paper's T is 0.01"
         )
     return value
 
@@ -87,6 +89,8 @@ def ratio_curve(a_sorted: Array, be: Backend, peak: float) -> np.ndarray:
 
 
 def _validate(last_attn: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if np.iscomplexobj(last_attn):
+        raise TypeError("last_attn must be real attention weights, got complex values")
     last_attn = np.asarray(last_attn, dtype=np.float32)
     order = np.asarray(order)
     if last_attn.ndim != 2 or order.ndim != 2:
@@ -95,6 +99,8 @@ def _validate(last_attn: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.
         raise ValueError(f"last_attn has n={last_attn.shape[1]} candidates but order has n={order.shape[1]}")
     if not np.all(np.isfinite(last_attn)):
         raise ValueError("last_attn contains NaN or inf; check the attention computation upstream")
+    if last_attn.size and last_attn.min() < 0:
+        raise ValueError("last_attn must be non-negative (softmax attention weights); got negative values")
     n = order.shape[1]
     if not np.issubdtype(order.dtype, np.integer) or (
         n and not np.array_equal(np.sort(order, axis=1), np.broadcast_to(np.arange(n), order.shape))
@@ -103,13 +109,30 @@ def _validate(last_attn: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.
     return last_attn, expand_order(order, last_attn.shape[0])
 
 
-def halting_curve(last_attn: np.ndarray, order: np.ndarray, backend: str | Backend = "numpy") -> np.ndarray:
-    """The ratio curve of step 5.
+def _check_always_kept(always_kept: np.ndarray | None, heads: int) -> np.ndarray:
+    if always_kept is None:
+        return np.zeros((heads, 0), dtype=np.float32)
+    kept = np.asarray(always_kept, dtype=np.float32)
+    if kept.ndim != 2 or kept.shape[0] != heads:
+        raise ValueError(f"always_kept must be (H={heads}, k), got shape {kept.shape}")
+    if not np.all(np.isfinite(kept)) or (kept.size and kept.min() < 0):
+        raise ValueError("always_kept must hold finite, non-negative attention weights")
+    return kept
+
+
+def halting_curve(
+    last_attn: np.ndarray,
+    order: np.ndarray,
+    backend: str | Backend = "numpy",
+    always_kept: np.ndarray | None = None,
+) -> np.ndarray:
+    """The ratio curve of Eq. 2.
 
     Args:
         last_attn: ``(H, n)`` halting signal ``a`` (non-negative).
         order: ``(H, n)`` or ``(H / G, n)`` candidate indices, least important first.
         backend: backend that computes the scan (default numpy reference).
+        always_kept: ``(H, k)`` attention on positions never evicted that still count in the norm (default none).
 
     Returns:
         ``(n,)`` float32 ``ratio(e)``, ``e = 0 .. n-1``; non-decreasing.
@@ -117,20 +140,27 @@ def halting_curve(last_attn: np.ndarray, order: np.ndarray, backend: str | Backe
     from .backend import get_backend
 
     last_attn, order = _validate(last_attn, order)
-    if last_attn.shape[1] == 0:
+    kept = _check_always_kept(always_kept, last_attn.shape[0])
+    n = last_attn.shape[1]
+    if n == 0:
         return np.zeros(0, dtype=np.float32)
     be = get_backend(backend)
-    a_sorted = np.take_along_axis(last_attn, order, axis=1)
-    return ratio_curve(be.asarray(a_sorted), be, float(last_attn.max()))
+    # The always-kept positions go after every candidate in the order: counted in every tail, never reached.
+    a_sorted = np.concatenate([np.take_along_axis(last_attn, order, axis=1), kept], axis=1)
+    return ratio_curve(be.asarray(a_sorted), be, float(a_sorted.max()))[:n]
 
 
-def halting_cut(last_attn: np.ndarray, order: np.ndarray, threshold: float) -> int:
-    """The conformance point: ``e*``, how many candidates each head evicts (step 6).
+def halting_cut(
+    last_attn: np.ndarray, order: np.ndarray, threshold: float, always_kept: np.ndarray | None = None
+) -> int:
+    """The conformance point: ``e*``, how many candidates each head evicts (Eq. 3).
 
     Args:
         last_attn: ``(H, n)`` float, the last prompt token's attention on the ``n`` candidates per query head.
         order: ``(H, n)`` (or ``(H / G, n)`` for GQA groups) int, candidate indices least important first.
         threshold: in ``[0, 1)``; the largest share of the mean retained L2 norm that may be lost.
+        always_kept: ``(H, k)`` attention on positions that are never evicted but count in the norm (the sinks
+            in the ``"sinks-in-metric"`` ablation); default none.
 
     Returns:
         ``e* = max { e in [0, n-1] : ratio(e) <= threshold }`` (0 when ``n <= 1``).
@@ -145,4 +175,4 @@ def halting_cut(last_attn: np.ndarray, order: np.ndarray, threshold: float) -> i
         3
     """
     threshold = check_threshold(threshold)
-    return cut_from_ratio(halting_curve(last_attn, order), threshold)
+    return cut_from_ratio(halting_curve(last_attn, order, always_kept=always_kept), threshold)

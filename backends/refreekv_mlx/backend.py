@@ -157,7 +157,9 @@ class MLXBackend(Backend):
         return mx.array(np.asarray(idx, dtype=np.int32))
 
     # --------------------------------------------------------------- fused ops
-    def window_scores(self, queries: mx.array, keys: mx.array, scale: float, window: int) -> tuple[mx.array, mx.array]:
+    def window_scores(
+        self, queries: mx.array, keys: mx.array, scale: float, window: int, n_cols: int | None = None
+    ) -> tuple[mx.array, mx.array]:
         """Steps 2-4 (see :meth:`refreekv_edu.backend.Backend.window_scores`); a Metal kernel on the GPU.
 
         Args:
@@ -167,9 +169,10 @@ class MLXBackend(Backend):
             ``(col_sum, last_row)``, both ``(Hq, n)`` float32.
         """
         queries, keys = self.asarray(queries), self.asarray(keys)
-        if self.uses_kernels() and keys.shape[-1] <= metal_kernels.MAX_HEAD_DIM:
+        default_cols = n_cols is None or n_cols == keys.shape[1] - window
+        if default_cols and self.uses_kernels() and keys.shape[-1] <= metal_kernels.MAX_HEAD_DIM:
             return metal_kernels.metal_window_scores(queries, keys, scale, window)
-        return super().window_scores(queries, keys, scale, window)
+        return super().window_scores(queries, keys, scale, window, n_cols=n_cols)
 
     def halting_curve(self, a_sorted: mx.array) -> mx.array:
         """Step 5 (see :meth:`refreekv_edu.backend.Backend.halting_curve`); a Metal kernel on the GPU.

@@ -209,14 +209,16 @@ class TorchBackend(Backend):
             return getattr(super(), op)(x, *args)
 
     def window_scores(
-        self, queries: torch.Tensor, keys: torch.Tensor, scale: float, window: int
+        self, queries: torch.Tensor, keys: torch.Tensor, scale: float, window: int, n_cols: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`refreekv_edu.backend.Backend.window_scores`: ``(Hq, w, D), (Hkv, L, D) -> 2 x (Hq, n)``."""
-        n = keys.shape[1] - window
+        """See :meth:`refreekv_edu.backend.Backend.window_scores`: ``(Hq, r, D), (Hkv, L, D) -> 2 x (Hq, n_cols)``."""
+        n = keys.shape[1] - window if n_cols is None else n_cols
         if n <= 0:  # no candidates: nothing to launch
             empty = keys.new_zeros((queries.shape[0], 0), dtype=torch.float32)
             return empty, empty.clone()
         self._follow = keys.device
+        if n != keys.shape[1] - window:  # TODO(kernels): columns inside the window rows need the causal mask
+            return super().window_scores(queries.float(), keys.float(), scale, window, n_cols=n)
         return self._run_fused("window_scores", queries.float(), keys.float(), scale, window)
 
     def halting_curve(self, a_sorted: torch.Tensor) -> torch.Tensor:
