@@ -25,6 +25,26 @@ _ARRAY_FIELDS = {
 }
 
 
+def _load_array(name: str, value: Any, dtype: type) -> np.ndarray:
+    """A JSON list as a numpy array of ``dtype``, refusing ragged lists, floats for ints and non-finite numbers."""
+    try:
+        raw = np.asarray(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a rectangular array (nested lists of equal length)") from None
+    if raw.dtype == object or raw.dtype.kind in "USb" and raw.size:
+        raise ValueError(f"{name} must hold numbers, got {raw.dtype} values")
+    if np.issubdtype(dtype, np.integer) and raw.size and raw.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integer positions, got {raw.dtype} values")
+    arr = raw.astype(dtype)
+    if raw.size and not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} holds NaN or infinity")
+    return arr
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"a trace must not contain {name} (not valid JSON numbers)")
+
+
 def _check_positions(positions: Any, prompt_len: int) -> np.ndarray:
     """``positions`` as a non-empty 1-D int array inside ``[0, prompt_len)``, or a clear error."""
     pos = np.asarray(positions)
@@ -152,13 +172,54 @@ class LayerDecision:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerDecision:
-        """Inverse of :meth:`to_dict`: arrays come back with their dtypes and shapes."""
+        """Inverse of :meth:`to_dict`: arrays come back with their dtypes and shapes.
+
+        Everything is checked (types, shapes, ranges), so a hand-edited or corrupted trace gives a ValueError
+        that names the field instead of a wrong picture in a widget.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a layer decision must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
+        missing = {"kept", "order", "scores", "last_attn", "curve", "n_evicted", "prompt_len", "window"} - set(kwargs)
+        if missing:
+            raise ValueError(f"layer decision lacks the field(s) {sorted(missing)}")
         for name, dtype in _ARRAY_FIELDS.items():
             if name in kwargs:  # (H, 0) arrays come back as [[], ...]: shape kept
-                kwargs[name] = np.asarray(kwargs[name], dtype=dtype)
-        return cls(**kwargs)
+                kwargs[name] = _load_array(name, kwargs[name], dtype)
+        decision = cls(**kwargs)
+        decision.validate()
+        return decision
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first field that is inconsistent (shapes, ranges, counts)."""
+        for name in ("n_evicted", "prompt_len", "window", "sinks", "group_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, (int, np.integer))):
+            raise ValueError(f"layer must be an int or null, got {self.layer!r}")
+        for name in ("policy", "ranking", "gqa"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.threshold is not None and not (isinstance(self.threshold, (int, float)) and 0 <= self.threshold < 1):
+            raise ValueError(f"threshold must be null or a number in [0, 1), got {self.threshold!r}")
+        length, n = self.prompt_len, self.n_candidates
+        if self.kept.ndim != 2 or self.kept.shape[1] > length:
+            raise ValueError(f"kept must be (H, n_kept) with n_kept <= prompt_len={length}, got {self.kept.shape}")
+        if self.kept.size and (self.kept.min() < 0 or self.kept.max() >= length or np.any(np.diff(self.kept) <= 0)):
+            raise ValueError(f"kept must hold ascending, unique positions in [0, {length})")
+        heads = self.kept.shape[0]
+        if self.order.shape != (heads, n) or (n and np.any(np.sort(self.order, axis=1) != np.arange(n))):
+            raise ValueError(f"order must be ({heads}, {n}), each row a permutation of 0..{n - 1}")
+        if self.scores.shape != (heads, n) or self.curve.shape not in {(n,), (0,)}:
+            raise ValueError(f"scores must be ({heads}, {n}) and curve ({n},); got {self.scores.shape}, {self.curve.shape}")
+        if self.last_attn.ndim != 2 or self.last_attn.shape[1] != n or np.any(self.last_attn < 0):
+            raise ValueError(f"last_attn must be (Hq, {n}) non-negative attention, got shape {self.last_attn.shape}")
+        if self.n_evicted > max(n - 1, 0) or self.kept.shape[1] != length - self.n_evicted:
+            raise ValueError(
+                f"n_evicted={self.n_evicted} does not fit: {n} candidates, {self.kept.shape[1]} kept of {length}"
+            )
 
     def __repr__(self) -> str:
         if self.full_layer:
@@ -230,13 +291,25 @@ class Trace:
 
     @classmethod
     def from_json(cls, text: str) -> Trace:
-        """Inverse of :meth:`to_json`."""
-        data = json.loads(text)
-        return cls(
-            layers=[LayerDecision.from_dict(d) for d in data["layers"]],
-            tokens=list(data.get("tokens", [])),
-            meta=dict(data.get("meta", {})),
-        )
+        """Inverse of :meth:`to_json`; a malformed trace raises a ValueError that says what is wrong (and where)."""
+        try:
+            data = json.loads(text, parse_constant=_reject_constant)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a trace: invalid JSON ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
+            raise ValueError('not a trace: expected a JSON object with a "layers" list (written by Trace.save)')
+        tokens, meta = data.get("tokens", []), data.get("meta", {})
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise ValueError("trace tokens must be a list of strings")
+        if not isinstance(meta, dict):
+            raise ValueError("trace meta must be a JSON object")
+        layers = []
+        for i, d in enumerate(data["layers"]):
+            try:
+                layers.append(LayerDecision.from_dict(d))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"trace layer {i}: {exc}") from None
+        return cls(layers=layers, tokens=list(tokens), meta=dict(meta))
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_json` to ``path``; returns the path."""

@@ -31,6 +31,8 @@ from .backend import Array, Backend
 
 #: Below this largest attention value the squares of ``a`` come close to float32's underflow (~1e-38).
 TINY_PEAK = 1e-15
+#: Above this largest value the squares (and their sums) would overflow float32 (~3.4e38).
+HUGE_PEAK = 1e15
 
 
 def check_threshold(threshold: float) -> float:
@@ -91,7 +93,10 @@ def ratio_curve(a_sorted: Array, be: Backend, peak: float) -> np.ndarray:
 def _validate(last_attn: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if np.iscomplexobj(last_attn):
         raise TypeError("last_attn must be real attention weights, got complex values")
-    last_attn = np.asarray(last_attn, dtype=np.float32)
+    try:
+        last_attn = np.asarray(last_attn, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError("last_attn must be a numeric (H, n) array of attention weights") from None
     order = np.asarray(order)
     if last_attn.ndim != 2 or order.ndim != 2:
         raise ValueError(f"last_attn and order must be 2-D (H, n); got shapes {last_attn.shape} and {order.shape}")
@@ -101,6 +106,12 @@ def _validate(last_attn: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.
         raise ValueError("last_attn contains NaN or inf; check the attention computation upstream")
     if last_attn.size and last_attn.min() < 0:
         raise ValueError("last_attn must be non-negative (softmax attention weights); got negative values")
+    # ratio(e) does not depend on the scale of a: bring a peak outside float32's comfortable range to 1 first
+    # (in float64), so that squares neither underflow (a * 1e-44) nor overflow (a * 1e20).
+    peak = float(last_attn.max()) if last_attn.size else 0.0
+    if 0 < peak < TINY_PEAK or peak > HUGE_PEAK:
+        last_attn = last_attn / peak
+    last_attn = last_attn.astype(np.float32)
     n = order.shape[1]
     if not np.issubdtype(order.dtype, np.integer) or (
         n and not np.array_equal(np.sort(order, axis=1), np.broadcast_to(np.arange(n), order.shape))

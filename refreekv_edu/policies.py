@@ -223,6 +223,11 @@ class Policy:
         rows = min(self.query_rows, length)
         q = queries[:, queries.shape[1] - rows :, :]
         col_sum, last_row = be.window_scores(q, keys, scale, rows, n_cols=length - window)
+        if not be.all_finite(last_row):
+            raise ValueError(
+                "the attention logits overflow float32 (scale * q.k beyond ~3.4e38), so softmax gives NaN; "
+                "pass post-RoPE queries and keys of a normal magnitude (and the model's attention scale)"
+            )
         last_attn = last_row[:, sinks:]  # (Hq, n): the halting signal, on the candidates only
 
         # Step 2 - rank the candidates, least important first (stable sort: ties evict the older first).

@@ -6,6 +6,7 @@ Plain numpy, float32 throughout, no tricks: the fused operations use the
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,12 @@ class NumpyBackend(Backend):
 
     def asarray(self, x: Any, dtype: str = "float32") -> np.ndarray:
         if hasattr(x, "detach"):  # a torch tensor from another backend
-            x = x.detach().cpu().numpy()
+            x = x.detach()
+            if x.is_meta:
+                raise ValueError("a meta tensor holds no data; materialise it (e.g. load the weights) first")
+            x = (x.float() if x.is_floating_point() else x).cpu().numpy()  # bfloat16 has no numpy dtype
+        elif type(x).__module__.startswith("mlx") and "bfloat16" in str(getattr(x, "dtype", "")):
+            x = x.astype(sys.modules["mlx.core"].float32)  # mlx is loaded: x is one of its arrays
         return np.asarray(x, dtype=np.dtype(dtype))
 
     def to_numpy(self, x: np.ndarray) -> np.ndarray:
@@ -30,13 +36,15 @@ class NumpyBackend(Backend):
         return isinstance(x, np.ndarray)
 
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.matmul(a, b)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by the caller, with advice
+            return np.matmul(a, b)
 
     def transpose_last(self, x: np.ndarray) -> np.ndarray:
         return np.swapaxes(x, -1, -2)
 
     def softmax(self, x: np.ndarray, axis: int = -1) -> np.ndarray:
-        shifted = (x - np.max(x, axis=axis, keepdims=True)).astype(np.float32)
+        with np.errstate(invalid="ignore"):  # inf - inf from overflowed logits: NaN, reported by the caller
+            shifted = (x - np.max(x, axis=axis, keepdims=True)).astype(np.float32)
         e = np.exp(shifted)
         # GPUs (and MLX/torch CPU kernels) flush subnormal results to zero; do the same, so that
         # underflowed attention ties exactly at 0 on every backend and tie-breaking agrees.

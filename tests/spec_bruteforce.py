@@ -32,56 +32,83 @@ def window_probs(q: np.ndarray, k: np.ndarray, scale: float, window: int) -> np.
     return out
 
 
-def ranking_scores(probs: np.ndarray, n: int, ranking: str) -> np.ndarray:
+def ranking_scores(probs: np.ndarray, cols: range, ranking: str) -> np.ndarray:
+    """``(Hq, n)`` scores of the candidate columns ``cols`` (higher = more important)."""
     hq = probs.shape[0]
-    col = probs[:, :, :n].sum(axis=1)
+    col = probs[:, :, list(cols)].sum(axis=1)
     if ranking == "h2o":
         return col
+    n = len(cols)
     if ranking == "snapkv":
         return np.array([[max(col[h, max(0, j - 3) : j + 4]) for j in range(n)] for h in range(hq)])
-    scores = np.zeros((hq, n))
-    for j in range(n):
-        scores[:, j] = n + (4 - j) if j < 4 else j
-    return scores
+    assert ranking == "recency"
+    return np.array([[float(j) for j in range(n)] for _ in range(hq)])
 
 
-def decide(q, k, threshold=None, budget=None, window=8, ranking="h2o", gqa="group", scale=None, orders=None):
+def decide(
+    q,
+    k,
+    threshold=None,
+    budget=None,
+    window=8,
+    ranking="h2o",
+    gqa="group",
+    scale=None,
+    orders=None,
+    sinks=0,
+    sinks_in_metric=False,
+    full_layers=(),
+    layer=None,
+):
     """Returns ``(kept (H, n_kept), n_evicted, ratio (n,), scores (H, n))`` computed by plain loops.
 
+    The spec of DESIGN.md: sinks ``[0, m)`` and the window ``[L - w, L)`` are kept, the candidates ``[m, L - w)``
+    are ranked, the signal is the last prompt row's softmax over all ``L`` keys, restricted to the candidates
+    (plus the sinks when ``sinks_in_metric``), and ``e*`` is the largest count within the threshold.
     ``orders`` (H, n) replaces the brute-force ranking order (to check the halting rule alone).
     """
     hq, _, d = q.shape
     hkv, length, _ = k.shape
     g = hq // hkv
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    w = min(window, length)
-    n = length - w
     owners = hkv if gqa == "group" else hq
+    everything = np.tile(np.arange(length), (owners, 1))
+    if layer is not None and layer in full_layers:
+        return everything, 0, np.zeros(0), np.zeros((owners, 0))
+    m = min(sinks, length)
+    w = min(window, length - m)
+    n = length - m - w
     if n <= 0:
-        return np.tile(np.arange(length), (owners, 1)), 0, np.zeros(0), np.zeros((owners, 0))
-    probs = window_probs(q, k, scale, w)
-    scores = ranking_scores(probs, n, ranking)
+        return everything, 0, np.zeros(0), np.zeros((owners, 0))
+    rows = w if ranking in ("h2o", "snapkv") else 1
+    probs = window_probs(q, k, scale, rows)
+    cand = range(m, length - w)
+    scores = ranking_scores(probs, cand, ranking)
     if gqa == "group":
         scores = np.array([scores[o * g : (o + 1) * g].sum(axis=0) for o in range(hkv)])
     # least important first; ties -> older (smaller index) first
     if orders is None:
         orders = [sorted(range(n), key=lambda j, o=o: (scores[o, j], j)) for o in range(owners)]
     orders = [list(map(int, row)) for row in orders]
-    a = probs[:, w - 1, :n]
+    a = probs[:, rows - 1, :]  # the last prompt row over all L keys
     norms = []
     for e in range(n):
         per_head = []
         for h in range(hq):
             o = h // g if gqa == "group" else h
-            kept = orders[o][e:]
-            per_head.append(math.sqrt(sum(a[h, j] ** 2 for j in kept)))
+            total = sum(a[h, m + j] ** 2 for j in orders[o][e:])
+            if sinks_in_metric:
+                total += sum(a[h, j] ** 2 for j in range(m))
+            per_head.append(math.sqrt(total))
         norms.append(sum(per_head) / hq)
     ratio = np.array([(norms[0] - r) / norms[0] if norms[0] > 0 else 0.0 for r in norms])
     if threshold is not None:
         e_star = max(e for e in range(n) if ratio[e] <= threshold)
     elif budget is not None:
-        e_star = n - min(n, max(1, math.ceil(budget * length - 1e-9) - w))
+        e_star = n - min(n, max(1, math.ceil(budget * length - 1e-9) - m - w))
     else:
         e_star = 0
-    kept = np.array([sorted(orders[o][e_star:]) + list(range(n, length)) for o in range(owners)])
+    kept = np.array(
+        [list(range(m)) + sorted(m + j for j in orders[o][e_star:]) + list(range(length - w, length)) for o in range(owners)]
+    )
     return kept, e_star, ratio, scores

@@ -66,4 +66,4 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "ReFreeKV(threshold=0.05" in out.stdout and out.stdout.strip().endswith("ok")
+    assert "ReFreeKV(preset='paper': threshold=0.01, sinks=4" in out.stdout and out.stdout.strip().endswith("ok")

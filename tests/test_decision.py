@@ -59,3 +59,53 @@ def test_positions_of_finds_text_across_token_boundaries():
     assert positions(["x6", "62", "26y", "z"], "66226") == [0, 1, 2]  # glued to other text
     assert positions(["12", "", "3"], "123") == [0, 1, 2]  # an empty token inside the match counts
     assert positions(["no", " key"], "66226") == [] and positions([], "1") == [] and positions(["a"], "") == []
+
+
+def test_round_trip_keeps_sinks_and_full_layers():
+    q, k = make_case("gqa_wide")
+    policy = rk.ReFreeKV.preset("sinks-in-metric", threshold=0.2)
+    trace = rk.Trace(layers=[policy.decide_layer(q, k, layer=i) for i in range(3)])
+    back = rk.Trace.from_json(trace.to_json())
+    assert [d.full_layer for d in back.layers] == [True, True, False]
+    assert back.layers[2].sinks == 4 and back.layers[2].sinks_in_metric
+    np.testing.assert_array_equal(back.layers[2].sink_attn, trace.layers[2].sink_attn)
+    assert back.layers[2].cut(0.2) == trace.layers[2].n_evicted
+    np.testing.assert_allclose(back.budgets, [1.0, 1.0, trace.layers[2].budget])
+
+
+def test_a_trace_from_before_sinks_still_loads():
+    data = rk.ReFreeKV.preset("official-script").decide_layer(*make_case("gqa")).to_dict()
+    for name in ("sinks", "sink_attn", "sinks_in_metric", "full_layer"):
+        del data[name]
+    dec = rk.LayerDecision.from_dict(data)
+    assert dec.sinks == 0 and not dec.full_layer and dec.n_candidates == 42
+
+
+def _corrupt(**changes):
+    data = rk.ReFreeKV(threshold=0.2).decide_layer(*make_case("gqa"), layer=3).to_dict()
+    data.update(changes)
+    return rk.Trace(layers=[]).to_json().replace('"layers": []', '"layers": [' + __import__("json").dumps(data) + "]")
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("[1, 2]", "JSON object"),
+        ("{}", "JSON object"),
+        ("{oops", "invalid JSON"),
+        (_corrupt(kept=[[0, 1], [2]]), "rectangular"),
+        (_corrupt(kept=[[0.5, 1.5]]), "integer positions"),
+        (_corrupt(prompt_len="50"), "prompt_len must be an int"),
+        (_corrupt(n_evicted=-1), "n_evicted must be an int"),
+        (_corrupt(kept=[[0, 1, 99]]), r"positions in \[0, 50\)"),
+        (_corrupt(policy=["x"]), "policy must be a string"),
+        ('{"layers": [{"kept": NaN}]}', "NaN"),
+        (_corrupt(order=[[0]]), "order must be"),
+        (_corrupt(n_evicted=3), "does not fit"),
+    ],
+)
+def test_trace_load_rejects_malformed_files(text, match, tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        rk.Trace.load(path)

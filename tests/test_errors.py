@@ -22,14 +22,48 @@ def test_threshold_not_a_number():
         rk.ReFreeKV(threshold="high")
 
 
-@pytest.mark.parametrize("window", [0, -3, 2.5, True])
+@pytest.mark.parametrize("window", [-3, 2.5, True])
 def test_bad_window(window):
-    with pytest.raises(ValueError, match="window must be an int >= 1"):
+    with pytest.raises(ValueError, match="window must be an int >= 0"):
         rk.ReFreeKV(window=window)
 
 
+@pytest.mark.parametrize("sinks", [-1, 1.5, False])
+def test_bad_sinks(sinks):
+    with pytest.raises(ValueError, match="sinks must be an int >= 0"):
+        rk.ReFreeKV(sinks=sinks)
+
+
+def test_window_ranking_needs_a_window():
+    with pytest.raises(ValueError, match="needs window >= 1"):
+        rk.ReFreeKV(ranking="h2o")  # the paper's window is 0
+    with pytest.raises(ValueError, match="needs window >= 1"):
+        rk.FixedBudget(ranking="snapkv", window=0)
+
+
+@pytest.mark.parametrize("full_layers", [(-1,), ("0",), (1.5,), 3])
+def test_bad_full_layers(full_layers):
+    with pytest.raises((ValueError, TypeError), match="full_layers"):
+        rk.ReFreeKV(full_layers=full_layers)
+
+
+def test_unknown_preset_and_field():
+    with pytest.raises(ValueError, match="paper, sinks-in-metric, h2o-ranking, official-script"):
+        rk.ReFreeKV.preset("streaming")
+    with pytest.raises(TypeError, match="unknown ReFreeKV field"):
+        rk.ReFreeKV.preset("paper", treshold=0.02)
+    with pytest.raises(TypeError, match="sinks_in_metric must be True or False"):
+        rk.ReFreeKV(sinks_in_metric="yes")
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 0.0, -1.0, "x"])
+def test_bad_scale(scale):
+    with pytest.raises((ValueError, TypeError), match="scale must be"):
+        rk.ReFreeKV().decide_layer(Q, K, scale=scale)
+
+
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match="h2o, snapkv, position"):
+    with pytest.raises(ValueError, match="recency, h2o, snapkv"):
         rk.ReFreeKV(ranking="lru")
     with pytest.raises(ValueError, match="group, expand"):
         rk.ReFreeKV(gqa="mqa")
@@ -54,7 +88,7 @@ def test_head_dim_mismatch():
 
 
 def test_wrong_rank():
-    with pytest.raises(ValueError, match=r"expected queries \(Hq, m, D\)"):
+    with pytest.raises(ValueError, match=r"expected queries \(Hq, r, D\)"):
         rk.ReFreeKV().decide_layer(np.zeros((4, 16), np.float32), K)
 
 
@@ -66,8 +100,11 @@ def test_batch_of_one_is_accepted_and_larger_batches_rejected():
 
 
 def test_too_few_queries():
-    with pytest.raises(ValueError, match="last m positions"):
-        rk.ReFreeKV().decide_layer(Q[:, :3], K)
+    with pytest.raises(ValueError, match="reads the last 8"):
+        rk.ReFreeKV.preset("official-script").decide_layer(Q[:, :3], K)
+    with pytest.raises(ValueError, match="reads the last 1"):
+        rk.ReFreeKV().decide_layer(Q[:, :0], K)
+    assert rk.ReFreeKV().decide_layer(Q[:, -1:], K).n_candidates == 28  # the paper needs the last row only
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

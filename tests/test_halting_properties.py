@@ -82,19 +82,16 @@ def qk(draw):
     return q, k
 
 
+PRESET_NAMES = st.sampled_from(sorted(rk.policies.PRESETS))
+
+
 @FAST
-@given(
-    qk(),
-    st.floats(0, 0.5),
-    st.floats(0, 0.5),
-    st.sampled_from(["h2o", "snapkv", "position"]),
-    st.sampled_from(["group", "expand"]),
-)
-def test_larger_threshold_never_keeps_more(inputs, t1, t2, ranking, gqa):
+@given(qk(), st.floats(0, 0.5), st.floats(0, 0.5), PRESET_NAMES, st.sampled_from(["group", "expand"]))
+def test_larger_threshold_never_keeps_more(inputs, t1, t2, preset, gqa):
     q, k = inputs
     lo, hi = sorted((t1, t2))
-    d_lo = rk.ReFreeKV(threshold=lo, ranking=ranking, gqa=gqa).decide_layer(q, k)
-    d_hi = rk.ReFreeKV(threshold=hi, ranking=ranking, gqa=gqa).decide_layer(q, k)
+    d_lo = rk.ReFreeKV.preset(preset, threshold=lo, gqa=gqa).decide_layer(q, k, layer=3)
+    d_hi = rk.ReFreeKV.preset(preset, threshold=hi, gqa=gqa).decide_layer(q, k, layer=3)
     assert d_hi.n_kept <= d_lo.n_kept
     # same order, so the larger threshold's kept set is a subset
     for h in range(d_hi.num_heads):
@@ -102,18 +99,59 @@ def test_larger_threshold_never_keeps_more(inputs, t1, t2, ranking, gqa):
 
 
 @FAST
-@given(qk(), st.floats(0, 0.99), st.sampled_from(["h2o", "snapkv", "position"]), st.sampled_from(["group", "expand"]))
-def test_kept_sets_include_the_window_and_are_well_formed(inputs, threshold, ranking, gqa):
+@given(qk(), st.floats(0, 0.99), PRESET_NAMES, st.sampled_from(["group", "expand"]), st.sampled_from([None, 0, 1, 2]))
+def test_kept_sets_are_well_formed(inputs, threshold, preset, gqa, layer):
+    """Sinks, window and the last prompt position are always kept; at least one candidate stays."""
     q, k = inputs
     length = k.shape[1]
-    dec = rk.ReFreeKV(threshold=threshold, ranking=ranking, gqa=gqa).decide_layer(q, k)
-    w = min(8, length)
-    n = length - w
+    policy = rk.ReFreeKV.preset(preset, threshold=threshold, gqa=gqa)
+    dec = policy.decide_layer(q, k, layer=layer)
     expected_heads = k.shape[0] if gqa == "group" else q.shape[0]
     assert dec.kept.shape == (expected_heads, length - dec.n_evicted)
+    if layer in policy.full_layers:
+        assert dec.full_layer and dec.budget == 1.0
+        return
+    m = min(policy.sinks, length)
+    w = min(policy.window, length - m)
+    n = length - m - w
     for row in dec.kept:
         assert np.all(np.diff(row) > 0), "kept positions must be ascending and unique"
-        assert set(range(n, length)) <= set(row.tolist()), "the window must always be kept"
+        assert set(range(m)) <= set(row.tolist()), "the sinks must always be kept"
+        assert set(range(length - w, length)) <= set(row.tolist()), "the window must always be kept"
+        assert row[-1] == length - 1, "the last prompt position must always be kept"
         if n > 0:
-            assert np.sum(row < n) >= 1, "at least one candidate always stays"
-    assert dec.budget == (n - dec.n_evicted + w) / length
+            assert np.sum((row >= m) & (row < length - w)) >= 1, "at least one candidate always stays"
+    assert dec.budget == (m + n - dec.n_evicted + w) / length
+
+
+@FAST
+@given(qk(), st.floats(0, 0.99), st.sampled_from(["paper", "sinks-in-metric"]))
+def test_recency_keeps_a_suffix_of_the_candidates(inputs, threshold, preset):
+    q, k = inputs
+    dec = rk.ReFreeKV.preset(preset, threshold=threshold).decide_layer(q, k, layer=5)
+    length, m = k.shape[1], dec.sinks
+    for row in dec.kept:
+        candidates = row[row >= m]
+        np.testing.assert_array_equal(candidates, np.arange(length - len(candidates), length))
+    assert np.all(dec.kept == dec.kept[:1]), "one kept set shared by every head"
+
+
+@FAST
+@given(qk(), st.floats(0, 0.99))
+def test_sinks_out_of_the_metric_never_changes_which_sinks_are_kept(inputs, threshold):
+    q, k = inputs
+    paper = rk.ReFreeKV(threshold=threshold).decide_layer(q, k, layer=5)
+    literal = rk.ReFreeKV.preset("sinks-in-metric", threshold=threshold).decide_layer(q, k, layer=5)
+    m = paper.sinks
+    np.testing.assert_array_equal(paper.kept[:, :m], np.tile(np.arange(m), (paper.num_heads, 1)))
+    np.testing.assert_array_equal(literal.kept[:, :m], paper.kept[:, :m])
+    # Counting the sinks adds the same amount to every tail, so the relative loss only shrinks: it evicts as much or more.
+    assert literal.n_evicted >= paper.n_evicted
+
+
+@FAST
+@given(qk(), st.floats(0, 0.99), PRESET_NAMES)
+def test_decision_cut_reproduces_the_policy(inputs, threshold, preset):
+    q, k = inputs
+    dec = rk.ReFreeKV.preset(preset, threshold=threshold).decide_layer(q, k, layer=4)
+    assert dec.cut(threshold) == dec.n_evicted

@@ -19,16 +19,27 @@ REFERENCE = get_backend("numpy")
 # attention that underflows near 0 where exp implementations differ in the last bits).
 NEAR_TIES = {"flat", "peaked"}
 BACKENDS = [info.name for info in available_backends()]
+OFFICIAL = rk.ReFreeKV.preset("official-script")
 POLICIES = [
-    rk.ReFreeKV(),
-    rk.ReFreeKV(threshold=0.3),
-    rk.ReFreeKV(threshold=0.0),
-    rk.ReFreeKV(gqa="expand"),
-    rk.ReFreeKV(ranking="snapkv"),
-    rk.ReFreeKV(ranking="position", threshold=0.2),
+    # The official script, pinned exactly as before the paper became the default.
+    OFFICIAL,
+    rk.ReFreeKV.preset("official-script", threshold=0.3),
+    rk.ReFreeKV.preset("official-script", threshold=0.0),
+    rk.ReFreeKV.preset("official-script", gqa="expand"),
+    rk.ReFreeKV.preset("official-script", ranking="snapkv"),
     rk.FixedBudget(budget=0.4, ranking="snapkv"),
     rk.FullCache(),
+    # The paper and its ablations: sinks, recency, the single-row signal.
+    rk.ReFreeKV(),
+    rk.ReFreeKV(threshold=0.2),
+    rk.ReFreeKV(gqa="expand"),
+    rk.ReFreeKV.preset("sinks-in-metric", threshold=0.2),
+    rk.ReFreeKV.preset("h2o-ranking"),
+    rk.ReFreeKV(sinks=2, window=8, threshold=0.2),
+    rk.FixedBudget(budget=0.4, ranking="recency", sinks=4, window=0),
 ]
+# A layer that every policy prunes, and a full layer of the paper (decided without computing anything).
+LAYERS = [5, 1]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -41,11 +52,15 @@ def backend(request):
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("policy", POLICIES, ids=repr)
-def test_decisions_match_reference(backend, case, policy):
+@pytest.mark.parametrize("layer", LAYERS)
+def test_decisions_match_reference(backend, case, policy, layer):
     q, k = make_case(case)
-    ref = policy.decide_layer(q, k, backend=REFERENCE)
-    got = policy.decide_layer(backend.asarray(q), backend.asarray(k), backend=backend)
+    ref = policy.decide_layer(q, k, backend=REFERENCE, layer=layer)
+    got = policy.decide_layer(backend.asarray(q), backend.asarray(k), backend=backend, layer=layer)
     assert got.n_evicted == ref.n_evicted
+    assert got.full_layer == ref.full_layer == (not policy.prunes_layer(layer))
+    assert got.sinks == ref.sinks and got.window == ref.window
+    np.testing.assert_allclose(got.sink_attn, ref.sink_attn, rtol=1e-4, atol=1e-6)
     if case in NEAR_TIES:
         # Scores differ only in float32 rounding, which depends on each backend's summation order:
         # the order must still sort the reference scores (within rounding), not match index for index.
@@ -61,13 +76,19 @@ def test_decisions_match_reference(backend, case, policy):
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c not in {"short", "equal"}])
-def test_fused_window_scores_match_reference(backend, case):
+@pytest.mark.parametrize("rows,cols", [(8, None), (8, "all"), (1, "all"), (1, "half")], ids=str)
+def test_fused_window_scores_match_reference(backend, case, rows, cols):
+    """(8, None): the official script's window; (1, all): the paper's single q K^T row over every key."""
     q, k = make_case(case)
+    q = q[:, -rows:]
+    length = k.shape[1]
+    n_cols = {None: None, "all": length, "half": length // 2}[cols]
     scale = 1.0 / np.sqrt(q.shape[-1])
-    ref_col, ref_last = REFERENCE.window_scores(q, k, scale, 8)
+    ref_col, ref_last = REFERENCE.window_scores(q, k, scale, rows, n_cols=n_cols)
+    assert ref_last.shape == (q.shape[0], length - rows if n_cols is None else n_cols)
     # Keys stay at Hkv heads (query head h reads KV head h // G); repeating them must not change anything.
     for keys in (k, np.repeat(k, q.shape[0] // k.shape[0], axis=0)):
-        col, last = backend.window_scores(backend.asarray(q), backend.asarray(keys), scale, 8)
+        col, last = backend.window_scores(backend.asarray(q), backend.asarray(keys), scale, rows, n_cols=n_cols)
         np.testing.assert_allclose(backend.to_numpy(col), ref_col, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(backend.to_numpy(last), ref_last, rtol=1e-4, atol=1e-6)
 
