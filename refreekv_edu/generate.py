@@ -7,6 +7,7 @@ Every backend returns the same :class:`GenerationResult`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,62 @@ class GenerationResult:
         )
 
 
+def check_prompt(prompt: Any) -> None:
+    """Refuse, before any model work, prompts that cannot be one sequence: batches, empty prompts, bad ids.
+
+    Accepted: a non-empty string, a non-empty list of chat messages (dicts with ``role`` and string ``content``),
+    or token ids as a non-empty flat list of non-negative ints or a 1-D array (``(1, n)`` is accepted as one row).
+    The backends check ids against the vocabulary and the length against the model's context.
+    """
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("prompt is empty; pass some text, chat messages or token ids")
+        return
+    shape = getattr(prompt, "shape", None)
+    if shape is not None:
+        dims = tuple(int(s) for s in shape)
+        if len(dims) == 2 and dims[0] == 1:
+            dims = dims[1:]
+        if len(dims) != 1:
+            raise ValueError(
+                f"prompt ids of shape {tuple(int(s) for s in shape)} look like a batch; generate() takes one "
+                "sequence (batch 1): call it once per prompt"
+            )
+        if dims[0] == 0:
+            raise ValueError("prompt holds no token ids")
+        return
+    if isinstance(prompt, (list, tuple)):
+        if not prompt:
+            raise ValueError("prompt is an empty list; pass some text, chat messages or token ids")
+        if all(isinstance(m, dict) for m in prompt):
+            for m in prompt:
+                if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                    raise ValueError(f"each chat message needs a string 'role' and 'content', got {m!r}")
+            return
+        if any(isinstance(t, (list, tuple)) or getattr(t, "shape", ()) != () for t in prompt):
+            raise ValueError("prompt is a list of sequences (a batch); generate() takes one sequence: call it per prompt")
+        for t in prompt:
+            if isinstance(t, bool) or not isinstance(t, int) and type(t).__module__ != "numpy":
+                raise TypeError(f"token ids must be ints, got {t!r} ({type(t).__name__})")
+            if int(t) < 0:
+                raise ValueError(f"token ids must be >= 0, got {int(t)}")
+        return
+    raise TypeError(
+        f"prompt must be a string, a list of chat messages or token ids; got {type(prompt).__name__}"
+    )
+
+
+def check_sampling(options: dict[str, Any]) -> None:
+    """``temperature`` must be a finite number >= 0 (0 = greedy); ``seed`` an int."""
+    if "temperature" in options and options["temperature"] is not None:
+        t = options["temperature"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {t!r}")
+    if "seed" in options and options["seed"] is not None:
+        if isinstance(options["seed"], bool) or not isinstance(options["seed"], int):
+            raise TypeError(f"seed must be an int, got {options['seed']!r}")
+
+
 def generate(
     model: Any, tokenizer: Any, prompt: Any, policy: Any = None, max_new_tokens: int = 64, **kwargs: Any
 ) -> GenerationResult:
@@ -77,8 +134,10 @@ def generate(
         raise TypeError(
             f"policy must be a refreekv_edu policy (ReFreeKV, FixedBudget, FullCache), got {type(policy).__name__}"
         )
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    check_prompt(prompt)
+    check_sampling(kwargs)
     tried = []
     for name in _entry_points():
         if name == "numpy":

