@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .backend import auto_backend_name, get_backend
+from .gguf_check import check_gguf
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class ModelArtifact:
     file_sha256: str
     hf_id: str  # the Hugging Face model id it corresponds to (tokenizer/chat template come from the GGUF)
     description: str
+    file_size: int = 0  # bytes of the extracted file (a local copy of that size is checked against file_sha256)
 
 
 ARTIFACTS: dict[str, ModelArtifact] = {
@@ -46,6 +48,7 @@ ARTIFACTS: dict[str, ModelArtifact] = {
         file_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         description="SmolLM2-135M-Instruct, Q4_1 GGUF: llama, 30 layers, 9 query / 3 KV heads, head_dim 64",
+        file_size=98_362_432,
     ),
 }
 
@@ -151,6 +154,20 @@ def check_model_name(name_or_path: Any) -> None:
         )
 
 
+def check_local_gguf(path: Path) -> None:
+    """Check a GGUF given by path before loading it: a readable header, every tensor inside the file, and, for a
+    copy of a bundled model's file (same size), the same sha256. Raises ValueError saying what is wrong."""
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    summary = check_gguf(path)  # GGUFError (a ValueError) for a truncated or damaged file
+    for art in ARTIFACTS.values():
+        if art.file_size and summary.file_bytes == art.file_size and sha256_of(path) != art.file_sha256:
+            raise ValueError(
+                f"{path.name} has the size of the bundled {art.name!r} file but not its sha256: it is damaged. "
+                f"Load the bundled model by name (rk.load_model({art.name!r})) or fetch it again."
+            )
+
+
 def load_model(name_or_path: str = "smollm2-135m", backend: str = "auto", **kwargs: Any) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` on a backend with model integration.
 
@@ -161,6 +178,8 @@ def load_model(name_or_path: str = "smollm2-135m", backend: str = "auto", **kwar
         **kwargs: passed to the backend loader (e.g. ``dtype``, ``device``).
     """
     check_model_name(name_or_path)
+    if str(name_or_path).endswith(".gguf"):
+        check_local_gguf(Path(name_or_path).expanduser())
     if backend == "auto":
         backend = auto_backend_name()[0]
         if backend == "numpy":

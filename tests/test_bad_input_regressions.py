@@ -144,3 +144,46 @@ def test_a_new_fetch_removes_what_an_interrupted_one_left(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="could not download"):
         models.fetch_model("smollm2-135m", quiet=True)
     assert sorted(p.name for p in folder.iterdir()) == [], "leftovers and this attempt's folder are gone"
+
+
+# ----------------------------------------------------------------------------- damaged GGUF files
+def _bundled_gguf():
+    from refreekv_edu.models import ARTIFACTS, cache_dir
+
+    art = ARTIFACTS["smollm2-135m"]
+    path = cache_dir() / art.name / art.member.split("/")[-1]
+    if not path.exists():
+        pytest.skip("the bundled model is not fetched here (refreekv-edu fetch-model)")
+    return path
+
+
+def test_gguf_header_check_accepts_the_bundled_file():
+    from refreekv_edu.gguf_check import check_gguf
+
+    summary = check_gguf(_bundled_gguf())
+    assert summary.tensors == 272 and summary.required_bytes == summary.file_bytes == 98_362_432
+
+
+@pytest.mark.parametrize("keep_bytes", [50_000_000, 1_000_000, 100])
+def test_a_truncated_gguf_is_refused_before_loading(tmp_path, keep_bytes):
+    path = tmp_path / "cut.gguf"
+    with open(_bundled_gguf(), "rb") as src:
+        path.write_bytes(src.read(keep_bytes))
+    with pytest.raises(ValueError, match="truncated"):
+        rk.load_model(str(path), backend="torch")
+
+
+def test_a_bit_flipped_copy_of_the_bundled_gguf_is_refused(tmp_path):
+    data = bytearray(_bundled_gguf().read_bytes())
+    data[60_000_000] ^= 0x10  # one bit in the weights
+    path = tmp_path / "flipped.gguf"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged"):
+        rk.load_model(str(path), backend="torch")
+
+
+def test_not_a_gguf(tmp_path):
+    path = tmp_path / "x.gguf"
+    path.write_bytes(b"PK\x03\x04 not a gguf")
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        rk.load_model(str(path), backend="torch")
