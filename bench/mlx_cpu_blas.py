@@ -36,13 +36,16 @@ from pathlib import Path
 import numpy as np
 
 #: (name, A shape, B shape): a square GEMM, the shapes of one SmolLM2-135M decode/prefill step, and the
-#: window attention of the decision (9 heads x 8 window rows x 64 dims against 2048 keys).
+#: attention a decision reads against 2048 keys: the official script's 8 window rows per query head, and the
+#: paper's single last row, as ``Backend.window_scores`` multiplies them (the G = 3 query heads of a KV head
+#: stacked as rows: 3 KV heads x 3 rows x 64 dims).
 SHAPES = [
     ("square 512", (512, 512), (512, 512)),
     ("square 1024", (1024, 1024), (1024, 1024)),
     ("prefill MLP 256x576 @ 576x1536", (256, 576), (576, 1536)),
     ("decode MLP 1x576 @ 576x1536", (1, 576), (576, 1536)),
     ("window attn 9x8x64 @ 9x64x2048", (9, 8, 64), (9, 64, 2048)),
+    ("paper last row 3x3x64 @ 3x64x2048", (3, 3, 64), (3, 64, 2048)),
 ]
 
 OPENBLAS_CANDIDATES = [

@@ -236,8 +236,10 @@ class Trace:
     """All layers' decisions for one prompt, plus what is needed to show them.
 
     Attributes:
-        layers: one :class:`LayerDecision` per compressed layer, in model order (layers a policy leaves
-            alone, e.g. Gemma 3 sliding-window layers, are absent; see each decision's ``layer``).
+        layers: one :class:`LayerDecision` per full-attention layer, in model order. A policy's full layers
+            (``full_layers``, e.g. 0 and 1 for the paper) are present with ``full_layer=True`` and budget 1.0, so
+            :attr:`mean_budget` counts them at 100%. Layers no policy may touch (Gemma 3 sliding-window layers)
+            are absent; see each decision's ``layer``.
         tokens: the prompt's tokens as display strings, length ``L`` (may be empty).
         meta: free-form: model name, policy config, backend, ...
     """

@@ -97,20 +97,23 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
 
 
 def window_queries(layer: AttentionLayer, x: mx.array, first_position: int) -> mx.array:
-    """Recompute the post-RoPE queries of the observation window from the attention input.
+    """Recompute the post-RoPE queries of the last ``r`` prompt positions from the attention input.
+
+    ``r = policy.query_rows``: 1 for the paper's recency ranking (the last position only), ``w`` for an
+    H2O/SnapKV ranking (its observation window).
 
     Args:
         layer: the layer's description.
-        x: ``(1, w, hidden)`` the attention module's input for the last ``w`` prompt positions
+        x: ``(1, r, hidden)`` the attention module's input for the last ``r`` prompt positions
             (after the layer's input norm, exactly what ``self_attn`` received).
-        first_position: the logical position of ``x[:, 0]`` (``L - w``), the RoPE offset.
+        first_position: the logical position of ``x[:, 0]`` (``L - r``), the RoPE offset.
 
     Returns:
-        ``(Hq, w, D)`` float32 queries, identical to the ones the model's attention used.
+        ``(Hq, r, D)`` float32 queries, identical to the ones the model's attention used.
     """
     attn = layer.attn
-    batch, w, _ = x.shape
-    queries = attn.q_proj(x).reshape(batch, w, layer.n_heads, layer.head_dim)
+    batch, rows, _ = x.shape
+    queries = attn.q_proj(x).reshape(batch, rows, layer.n_heads, layer.head_dim)
     if hasattr(attn, "q_norm"):
         # RMSNorm over D: the same whether applied before or after the head transpose.
         queries = attn.q_norm(queries)

@@ -160,18 +160,20 @@ class MLXBackend(Backend):
     def window_scores(
         self, queries: mx.array, keys: mx.array, scale: float, window: int, n_cols: int | None = None
     ) -> tuple[mx.array, mx.array]:
-        """Steps 2-4 (see :meth:`refreekv_edu.backend.Backend.window_scores`); a Metal kernel on the GPU.
+        """Eq. 1 and the window ranking (see :meth:`refreekv_edu.backend.Backend.window_scores`); a Metal kernel on the GPU.
 
         Args:
-            queries: ``(Hq, w, D)``; keys: ``(Hkv, L, D)`` (query head ``h`` reads KV head ``h // G``); ``L > w``.
+            queries: ``(Hq, r, D)``, row ``i`` is position ``L - r + i``; keys: ``(Hkv, L, D)`` (query head ``h``
+                reads KV head ``h // G``).
+            window: ``r``.
+            n_cols: columns reported (default ``L - r``); the paper asks ``r = 1``, ``n_cols = L``.
 
         Returns:
-            ``(col_sum, last_row)``, both ``(Hq, n)`` float32.
+            ``(col_sum, last_row)``, both ``(Hq, n_cols)`` float32.
         """
         queries, keys = self.asarray(queries), self.asarray(keys)
-        default_cols = n_cols is None or n_cols == keys.shape[1] - window
-        if default_cols and self.uses_kernels() and keys.shape[-1] <= metal_kernels.MAX_HEAD_DIM:
-            return metal_kernels.metal_window_scores(queries, keys, scale, window)
+        if self.uses_kernels() and keys.shape[-1] <= metal_kernels.MAX_HEAD_DIM:
+            return metal_kernels.metal_window_scores(queries, keys, scale, window, n_cols=n_cols)
         return super().window_scores(queries, keys, scale, window, n_cols=n_cols)
 
     def halting_curve(self, a_sorted: mx.array) -> mx.array:

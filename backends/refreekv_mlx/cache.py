@@ -8,8 +8,10 @@ the number of rows in the cache. After ReFreeKV evicts prompt rows those two num
   mlx-lm's attention modules read ``cache.offset`` as the RoPE offset, so this must stay logical.
 * ``rows``: how many key/value rows each KV head actually holds (kept prompt rows + decoded rows).
 
-Every KV head holds the same number of rows (dense arrays), but *which* prompt positions it kept
-differs per head; ``positions`` ``(Hkv, rows)`` records them, for teaching and for tests.
+Every KV head holds the same number of rows (dense arrays). *Which* prompt positions it kept may differ
+per head (an H2O/SnapKV ranking with ``gqa="group"``) or be one set for all heads (the paper's recency
+ranking: then compaction is a single slice along the row axis); ``positions`` ``(Hkv, rows)`` records
+them, for teaching and for tests.
 
 Decoded tokens are appended and never evicted (as in the paper).
 
@@ -56,7 +58,8 @@ class CompressedKVCache(_BaseCache):
 
         Args:
             keys, values: ``(1, Hkv, L, D)`` (or ``(Hkv, L, D)``) the prompt's post-RoPE keys and values.
-            kept: ``(Hkv, n_kept)`` int, kept positions per KV head (ascending; same count per head).
+            kept: ``(Hkv, n_kept)`` int, kept positions per KV head (ascending; same count per head). When every
+                row is the same (the recency ranking) the rows are gathered with one ``take`` at ``Hkv`` heads.
             prompt_len: ``L``, the logical length (defaults to ``keys.shape[-2]``).
 
         Returns:
@@ -76,10 +79,15 @@ class CompressedKVCache(_BaseCache):
         if kept.size and (kept.min() < 0 or kept.max() >= length):
             raise ValueError(f"kept positions must lie in [0, {length}); got range [{kept.min()}, {kept.max()}]")
         index = mx.array(kept.astype(np.int32))
-        gather = index[None, :, :, None]  # (1, Hkv, n_kept, 1), broadcast over D
         obj = cls()
-        obj.keys = mx.take_along_axis(keys, gather, axis=2)
-        obj.values = mx.take_along_axis(values, gather, axis=2)
+        if n_kv_heads == 1 or (kept == kept[:1]).all():
+            # One kept set for every KV head (always with the recency ranking): one take along the row axis.
+            obj.keys = mx.take(keys, index[0], axis=2)
+            obj.values = mx.take(values, index[0], axis=2)
+        else:
+            gather = index[None, :, :, None]  # (1, Hkv, n_kept, 1), broadcast over D
+            obj.keys = mx.take_along_axis(keys, gather, axis=2)
+            obj.values = mx.take_along_axis(values, gather, axis=2)
         obj.positions = index
         obj.rows = int(kept.shape[1])
         obj.offset = int(length if prompt_len is None else prompt_len)

@@ -2,10 +2,13 @@
 
 1. **Prefill** the whole prompt with full caches (:func:`refreekv_mlx.prefill.prefill`); the last
    prompt position's logits pick the first new token, so that token saw the full cache.
-2. **Decide** per compressible layer: ``policy.decide_layer(queries (Hq, w, D), keys (Hkv, L, D),
-   scale=attn.scale)``.
+2. **Decide** per compressible layer: ``policy.decide_layer(queries (Hq, r, D), keys (Hkv, L, D),
+   scale=attn.scale, layer=i)`` with ``r = policy.query_rows`` (1 for the paper, ``w`` for H2O/SnapKV).
+   A layer in ``policy.full_layers`` (the paper: 0 and 1) gets a decision with ``full_layer=True``.
 3. **Compact**: replace the layer's ``KVCache`` with a :class:`~refreekv_mlx.cache.CompressedKVCache`
-   holding only the kept rows of each KV head (real memory freed).
+   holding only the kept rows of each KV head (real memory freed); a full layer keeps the model's own
+   ``KVCache``, untouched. When all KV heads keep the same positions (always with the recency ranking)
+   the compaction is one slice along the row axis at ``Hkv`` heads.
 4. **Decode** token by token; every step attends to the compacted cache, new rows are appended,
    RoPE positions continue from ``L``.
 
@@ -43,13 +46,16 @@ class CompressedPrompt:
 
     Attributes:
         cache: one mlx-lm cache per layer: ``CompressedKVCache`` for compacted layers, the model's own
-            cache otherwise (sliding-window layers, or every layer under ``FullCache``).
-        decisions: the decisions of the compacted layers, in layer order.
+            cache otherwise (sliding-window layers, the policy's ``full_layers``, or every layer under
+            ``FullCache``).
+        decisions: one decision per compressible (global-attention) layer, in layer order, full layers
+            included (``full_layer=True``, budget 1.0), so that ``Trace.mean_budget`` counts them at 100%.
         last_logits: ``(vocab,)`` float32 logits at the last prompt position (full cache).
         prompt_len: ``L``.
         kv_bytes_full: bytes the prompt's K and V take uncompressed, all cached layers.
         kv_bytes_kept: bytes held right after compaction.
-        kept_per_layer: rows per KV head of each full-attention layer after compaction.
+        kept_per_layer: rows per KV head of each global-attention layer after compaction (``L`` for a full
+            layer).
         prefill_s, decide_s: seconds.
     """
 
@@ -92,7 +98,7 @@ def _check_compactable(model: nn.Module, policy: Any) -> None:
     if not policy.compresses or policy.gqa != "expand":
         return
     for layer in attention_layers(model):
-        if layer.compressible and layer.n_heads != layer.n_kv_heads:
+        if layer.compressible and policy.prunes_layer(layer.index) and layer.n_heads != layer.n_kv_heads:
             raise ValueError(
                 f"gqa='expand' keeps one set per query head ({layer.n_heads}), but this GQA model caches "
                 f"{layer.n_kv_heads} KV heads: the cache cannot be compacted that way. Use gqa='group', or call "
@@ -120,7 +126,8 @@ def compress_prompt(
         progress: show a tqdm bar over the prefill chunks.
 
     Returns:
-        a :class:`CompressedPrompt`; sliding-window layers keep the model's own cache.
+        a :class:`CompressedPrompt`; sliding-window layers and the policy's ``full_layers`` keep the model's
+        own cache.
 
     Raises:
         ValueError: ``gqa="expand"`` on a GQA model (its kept sets are per query head, so a cache that
@@ -128,7 +135,9 @@ def compress_prompt(
     """
     _check_compactable(model, policy)
     t0 = time.perf_counter()
-    pre: PrefillResult = prefill(model, tokens, window=policy.window, chunk_size=chunk_size, progress=progress)
+    # The decision reads the queries of the last policy.query_rows positions (1 for the paper; never
+    # policy.window, which is 0 for the paper).
+    pre: PrefillResult = prefill(model, tokens, query_rows=policy.query_rows, chunk_size=chunk_size, progress=progress)
     prefill_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -143,13 +152,14 @@ def compress_prompt(
         if backend.name == "numpy":
             queries, keys = np.array(queries), np.array(keys)
         decision = policy.decide_layer(queries, keys, scale=layer.scale, backend=backend, layer=layer.index)
-        cache[layer.index] = CompressedKVCache.from_kv_cache(cache[layer.index], decision.kept)
+        if not decision.full_layer:  # a full layer (Appendix B) keeps the model's own cache, untouched
+            cache[layer.index] = CompressedKVCache.from_kv_cache(cache[layer.index], decision.kept)
         decisions.append(decision)
     decide_s = time.perf_counter() - t1
 
-    full_layers = [a.index for a in pre.layers if a.compressible]
+    global_layers = [a.index for a in pre.layers if a.compressible]
     kept_per_layer = [
-        c.rows if isinstance(c, CompressedKVCache) else pre.prompt_len for c in (cache[i] for i in full_layers)
+        c.rows if isinstance(c, CompressedKVCache) else pre.prompt_len for c in (cache[i] for i in global_layers)
     ]
     kept_bytes = sum(
         c.nbytes if isinstance(c, CompressedKVCache) else _layer_bytes_full(c, pre.prompt_len) for c in cache

@@ -6,8 +6,9 @@ The kernel sources live in ``kernels/*.metal``. Each is the *body* of a Metal ke
 
 Two kernels (see the comments in each ``.metal`` file for the algorithm):
 
-- ``window_scores``: ``(Hq, w, D)`` queries x ``(Hkv, L, D)`` keys -> ``col_sum (Hq, n)``, ``last_row (Hq, n)``;
-  one threadgroup per query head, two-pass softmax over the ``w`` window rows, never storing the ``w x L`` block.
+- ``window_scores``: ``(Hq, r, D)`` queries x ``(Hkv, L, D)`` keys -> ``col_sum (Hq, n)``, ``last_row (Hq, n)``
+  on the first ``n = n_cols`` key positions (default ``L - r``; the paper asks ``r = 1``, ``n = L``);
+  one threadgroup per query head, two-pass softmax over the ``r`` rows, never storing the ``r x L`` block.
 - ``halting_curve``: ``(H, n)`` sorted last-row attention -> ``R(e) (n,)``; one threadgroup, chunked reverse scan.
 
 The same bodies compile as C++ through :mod:`refreekv_mlx.cpu_shim`, which runs every simulated GPU thread
@@ -121,24 +122,35 @@ def window_scores_launch(
     scale: float,
     threads: int = DEFAULT_THREADS,
     groups: int = 1,
+    n_cols: int | None = None,
 ) -> Launch:
-    """Launch geometry of ``window_scores`` for queries ``(Hq, w, D)`` and keys ``(Hq / groups, L, D)``.
+    """Launch geometry of ``window_scores`` for queries ``(Hq, r, D)`` and keys ``(Hq / groups, L, D)``.
+
+    Args:
+        window: ``r``, the query rows (row ``i`` is position ``L - r + i``), ``1 <= r <= L``.
+        n_cols: columns reported, ``1 <= n_cols <= L``; default ``L - r`` (the positions before the rows).
 
     Raises:
-        ValueError: ``L <= w`` (no candidates: the caller must not ask), ``D > MAX_HEAD_DIM``, or a bad ``threads``.
+        ValueError: no rows or no columns (``n_cols < 1``, e.g. the default with ``r = L``: the caller must not
+            ask), ``r > L``, ``n_cols > L``, ``D > MAX_HEAD_DIM``, or a bad ``threads``.
     """
     threads = _check_threads(threads, power_of_two=True)
-    if not 1 <= window < length:
-        raise ValueError(f"window_scores needs 1 <= window < L (some candidates); got window={window}, L={length}")
+    if not 1 <= window <= length:
+        raise ValueError(f"window_scores needs 1 <= window <= L query rows; got window={window}, L={length}")
+    n = length - window if n_cols is None else int(n_cols)
+    if not 1 <= n <= length:
+        raise ValueError(
+            f"window_scores needs 1 <= n_cols <= L columns; got n_cols={n} (L={length}, window={window}"
+            f"{', default n_cols = L - window' if n_cols is None else ''})"
+        )
     if head_dim > MAX_HEAD_DIM:
         raise ValueError(f"head_dim {head_dim} exceeds the kernel's MAX_HEAD_DIM={MAX_HEAD_DIM}; use the MLX-op path")
-    n = length - window
     return Launch(
         grid=(threads, num_heads, 1),
         threadgroup=(threads, 1, 1),
         output_shapes=((num_heads, n), (num_heads, n)),
         extra_inputs=(
-            np.array([num_heads, length, head_dim, window, groups], dtype=np.int32),
+            np.array([num_heads, length, head_dim, window, groups, n], dtype=np.int32),
             np.array([scale], dtype=np.float32),
         ),
     )
@@ -193,8 +205,11 @@ def _run_metal(spec: KernelSpec, arrays: list[Any], launch: Launch) -> list[Any]
     )
 
 
-def metal_window_scores(queries: Any, keys: Any, scale: float, window: int, threads: int = DEFAULT_THREADS):
-    """``window_scores`` on the GPU: ``queries (Hq, w, D)``, ``keys (Hkv, L, D)`` mx arrays -> ``(col_sum, last_row)``.
+def metal_window_scores(
+    queries: Any, keys: Any, scale: float, window: int, threads: int = DEFAULT_THREADS, n_cols: int | None = None
+):
+    """``window_scores`` on the GPU: ``queries (Hq, r, D)``, ``keys (Hkv, L, D)`` mx arrays -> ``(col_sum, last_row)``,
+    both ``(Hq, n_cols)`` (default ``n_cols = L - r``).
 
     Unverified here (no Mac in CI); the same body is tested through the CPU shim.
     """
@@ -202,7 +217,9 @@ def metal_window_scores(queries: Any, keys: Any, scale: float, window: int, thre
 
     num_heads = int(queries.shape[0])
     kv_heads, length, head_dim = (int(s) for s in keys.shape)
-    launch = window_scores_launch(num_heads, length, head_dim, window, scale, threads, groups=num_heads // kv_heads)
+    launch = window_scores_launch(
+        num_heads, length, head_dim, window, scale, threads, groups=num_heads // kv_heads, n_cols=n_cols
+    )
     q = queries.astype(mx.float32)
     k = keys.astype(mx.float32)
     col_sum, last_row = _run_metal(window_scores_spec(), [q, k], launch)

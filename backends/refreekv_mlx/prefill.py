@@ -6,10 +6,12 @@ last one as if it were a decode step. ReFreeKV must decide *after* the whole pro
 the last prompt position's logits (they predict the first new token, computed with the full cache),
 and only then decide and compact.
 
-To decide, each layer needs the post-RoPE queries of the last ``w`` prompt positions. mlx-lm
-attention modules do not return their queries, so during prefill we record the tail of each
-attention module's *input* (the last ``w`` rows) and recompute the queries afterwards from it with
-the module's own ``q_proj`` / ``q_norm`` / ``rope`` (:func:`refreekv_mlx.adapter.window_queries`).
+To decide, each layer needs the post-RoPE queries of the last ``r = policy.query_rows`` prompt
+positions: one row for the paper's recency ranking, the ``w`` window rows for an H2O/SnapKV ranking
+(never ``policy.window``, which is 0 for the paper). mlx-lm attention modules do not return their
+queries, so during prefill we record the tail of each attention module's *input* (the last ``r``
+rows) and recompute the queries afterwards from it with the module's own ``q_proj`` / ``q_norm`` /
+``rope`` (:func:`refreekv_mlx.adapter.window_queries`).
 Recording works by wrapping ``layer.self_attn`` in a tiny module for the duration of the prefill
 call and putting the original back afterwards (also on error).
 """
@@ -27,18 +29,20 @@ from .adapter import AttentionLayer, attention_layers, split_head, window_querie
 
 
 class _InputRecorder(nn.Module):
-    """Forwards to an attention module and remembers the last ``window`` rows of its input ``x``."""
+    """Forwards to an attention module and remembers the last ``rows`` rows of its input ``x``."""
 
-    def __init__(self, inner: nn.Module, window: int) -> None:
+    def __init__(self, inner: nn.Module, rows: int) -> None:
         super().__init__()
+        if rows < 1:  # x[:, -0:] would be the WHOLE sequence, not none of it
+            raise ValueError(f"rows must be >= 1, got {rows}")
         self.inner = inner
-        self.window = window
-        self.tail: mx.array | None = None  # (1, <=w, hidden)
+        self.rows = rows
+        self.tail: mx.array | None = None  # (1, <=r, hidden)
 
     def __call__(self, x: mx.array, *args: Any, **kwargs: Any) -> mx.array:
-        # A chunk may be shorter than the window: keep a rolling tail across chunks.
+        # A chunk may be shorter than r: keep a rolling tail across chunks.
         joined = x if self.tail is None else mx.concatenate([self.tail, x], axis=1)
-        self.tail = joined[:, -self.window :, :]
+        self.tail = joined[:, joined.shape[1] - min(self.rows, joined.shape[1]) :, :]
         return self.inner(x, *args, **kwargs)
 
 
@@ -49,11 +53,11 @@ class PrefillResult:
     Attributes:
         cache: mlx-lm caches, one per layer, holding the whole prompt (``KVCache`` / ``RotatingKVCache``).
         last_logits: ``(vocab,)`` float32 logits at the last prompt position (predict the first new token).
-        window_inputs: layer index -> ``(1, w, hidden)`` attention input of the last ``w`` prompt positions
+        window_inputs: layer index -> ``(1, r, hidden)`` attention input of the last ``r`` prompt positions
             (compressible layers only).
         layers: the adapter's description of every layer.
         prompt_len: ``L``.
-        window: ``w = min(window, L)``.
+        query_rows: ``r = min(query_rows, L)``, how many trailing positions' queries were recorded.
     """
 
     cache: list[Any]
@@ -61,12 +65,14 @@ class PrefillResult:
     window_inputs: dict[int, mx.array]
     layers: list[AttentionLayer]
     prompt_len: int
-    window: int
+    query_rows: int
     extra: dict[str, Any] = field(default_factory=dict)
 
     def queries(self, layer: int) -> mx.array:
-        """``(Hq, w, D)`` float32 post-RoPE observation-window queries of ``layer``."""
-        return window_queries(self.layers[layer], self.window_inputs[layer], self.prompt_len - self.window)
+        """``(Hq, r, D)`` float32 post-RoPE queries of the last ``r`` prompt positions of ``layer``."""
+        if layer not in self.window_inputs:
+            raise KeyError(f"layer {layer} was not recorded (sliding-window layers are never pruned)")
+        return window_queries(self.layers[layer], self.window_inputs[layer], self.prompt_len - self.query_rows)
 
     def keys(self, layer: int) -> mx.array:
         """``(Hkv, L, D)`` post-RoPE prompt keys of ``layer`` (float32, from its cache)."""
@@ -75,14 +81,19 @@ class PrefillResult:
 
 
 def prefill(
-    model: nn.Module, tokens: list[int] | mx.array, window: int, chunk_size: int = 512, progress: bool = False
+    model: nn.Module,
+    tokens: list[int] | mx.array,
+    query_rows: int,
+    chunk_size: int = 512,
+    progress: bool = False,
 ) -> PrefillResult:
-    """Run the prompt through ``model`` in chunks with full caches, recording the observation window.
+    """Run the prompt through ``model`` in chunks with full caches, recording the last ``query_rows`` rows.
 
     Args:
         model: an mlx-lm model of a supported family.
         tokens: ``(L,)`` prompt token ids, ``L >= 1``.
-        window: ``w``, how many trailing positions' queries the policy observes.
+        query_rows: ``r >= 1``, how many trailing positions' queries the policy reads (``policy.query_rows``:
+            1 for the paper, ``w`` for an H2O/SnapKV ranking; not ``policy.window``, which may be 0).
         chunk_size: tokens per forward call (bounds the ``chunk x L`` attention scores in memory).
         progress: show a tqdm bar over the chunks.
 
@@ -97,12 +108,14 @@ def prefill(
         raise ValueError(f"tokens must be a non-empty 1-D sequence of ids, got shape {tuple(tokens.shape)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if isinstance(query_rows, bool) or not isinstance(query_rows, int | np.integer) or query_rows < 1:
+        raise ValueError(f"query_rows must be an int >= 1 (policy.query_rows), got {query_rows!r}")
     length = int(tokens.size)
-    window = min(int(window), length)
+    rows = min(int(query_rows), length)
     layers = attention_layers(model)
     backbone, head = split_head(model)
     cache = make_prompt_cache(model)
-    recorders = {a.index: _InputRecorder(a.attn, window) for a in layers if a.compressible}
+    recorders = {a.index: _InputRecorder(a.attn, rows) for a in layers if a.compressible}
     blocks = model.layers
     try:
         for index, recorder in recorders.items():
@@ -128,5 +141,5 @@ def prefill(
         window_inputs={i: r.tail for i, r in recorders.items()},
         layers=layers,
         prompt_len=length,
-        window=window,
+        query_rows=rows,
     )

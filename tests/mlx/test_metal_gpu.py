@@ -50,6 +50,21 @@ def test_metal_window_scores_matches_reference(hq, length, dim, window, threads)
     np.testing.assert_allclose(np.array(last), ref_last, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "hq,hkv,length,rows,n_cols",
+    [(9, 3, 2047, 1, 2047), (9, 3, 500, 8, 500), (4, 4, 300, 8, 292), (8, 2, 33, 8, 33), (2, 1, 1, 1, 1)],
+    ids=["paper r=1 n=L", "gqa r=8 n=L", "r=8 n=L-8", "odd L", "L=1"],
+)
+def test_metal_window_scores_n_cols_matches_reference(hq, hkv, length, rows, n_cols):
+    rng = np.random.default_rng(length + rows)
+    q = rng.normal(size=(hq, rows, 64)).astype(np.float32)
+    k = rng.normal(size=(hkv, length, 64)).astype(np.float32)
+    col, last = metal_window_scores(mx.array(q), mx.array(k), 0.125, rows, n_cols=n_cols)
+    ref_col, ref_last = REF.window_scores(q, k, 0.125, rows, n_cols=n_cols)
+    np.testing.assert_allclose(np.array(col), ref_col, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.array(last), ref_last, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("heads,n,threads", [(1, 1, 256), (9, 7, 256), (32, 4000, 256), (3, 1000, 1024)])
 def test_metal_halting_curve_matches_reference(heads, n, threads):
     rng = np.random.default_rng(n)
@@ -64,12 +79,15 @@ def test_backend_uses_kernels_on_gpu_and_decisions_match():
     rng = np.random.default_rng(0)
     q = rng.normal(size=(9, 8, 64)).astype(np.float32)
     k = rng.normal(size=(3, 500, 64)).astype(np.float32)
-    for policy in (rk.ReFreeKV(), rk.ReFreeKV(gqa="expand"), rk.ReFreeKV(ranking="snapkv")):
+    policies = [rk.ReFreeKV.preset(name) for name in rk.policies.PRESETS]
+    policies += [rk.ReFreeKV(gqa="expand"), rk.ReFreeKV.preset("official-script", ranking="snapkv", gqa="expand")]
+    for policy in policies:
         ref = policy.decide_layer(q, k, backend="numpy")
         got = policy.decide_layer(mx.array(q), mx.array(k), backend=be)
-        assert got.n_evicted == ref.n_evicted
+        assert got.n_evicted == ref.n_evicted, policy
         np.testing.assert_array_equal(got.kept, ref.kept)
         np.testing.assert_allclose(got.curve, ref.curve, rtol=1e-4, atol=2e-6)
+        np.testing.assert_allclose(got.last_attn, ref.last_attn, rtol=1e-4, atol=1e-6)
 
 
 def test_gpu_argsort_is_stable_with_ties():

@@ -1,7 +1,7 @@
 """The Metal kernel bodies, compiled as C++ through ``cpu_shim/metal_shim.h`` and run on CPU threads.
 
-This is how the kernels' logic (indexing, two-pass softmax, tree reduction, chunked reverse scan,
-barrier placement) is verified without an Apple GPU. Needs a C++20 compiler (g++ >= 11); MLX is not needed.
+This is how the kernels' logic (indexing, causal masking of the columns after a row's position, two-pass
+softmax, tree reduction, chunked reverse scan, barrier placement) is verified without an Apple GPU. Needs a C++20 compiler (g++ >= 11); MLX is not needed.
 The first run compiles each kernel (a few seconds); later runs reuse the cached library.
 """
 
@@ -47,6 +47,51 @@ def test_window_scores_matches_reference(hq, length, dim, window, threads):
     ref_col, ref_last = REF.window_scores(q, k, scale, window)
     np.testing.assert_allclose(col, ref_col, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(last, ref_last, rtol=1e-5, atol=1e-6)
+
+
+# The paper's call is r = 1 row over all L columns; in general columns j >= L - r are causally masked for the
+# rows before j (row i is position L - r + i). Hq=6 over Hkv=2 is GQA; odd L puts the last columns off a
+# thread-stride boundary.
+N_COLS_CASES = {
+    "paper r=1 n=L": (4, 2, 37, 16, 1, 37, 8),
+    "r=8 n=L": (4, 4, 40, 16, 8, 40, 8),
+    "r=8 n=L-8 (official)": (4, 4, 40, 16, 8, 32, 8),
+    "r=8 n between": (2, 2, 33, 8, 8, 29, 4),
+    "gqa r=1 n=L": (6, 2, 53, 16, 1, 53, 16),
+    "gqa r=8 n=L odd L": (6, 2, 45, 8, 8, 45, 32),
+    "r=L n=L": (2, 1, 7, 4, 7, 7, 2),
+    "L=1": (3, 1, 1, 4, 1, 1, 1),
+    "more threads than keys": (2, 2, 9, 8, 1, 9, 64),
+}
+
+
+@pytest.mark.parametrize("case", list(N_COLS_CASES))
+def test_window_scores_n_cols_matches_reference(case):
+    hq, hkv, length, dim, rows, n_cols, threads = N_COLS_CASES[case]
+    rng = np.random.default_rng(length * 7 + rows)
+    q = rng.normal(size=(hq, rows, dim)).astype(np.float32)
+    k = rng.normal(size=(hkv, length, dim)).astype(np.float32)
+    scale = dim**-0.5
+    col, last = cpu_shim.shim_window_scores(q, k, scale, rows, threads=threads, n_cols=n_cols)
+    ref_col, ref_last = REF.window_scores(q, k, scale, rows, n_cols=n_cols)
+    assert col.shape == last.shape == (hq, n_cols)
+    np.testing.assert_allclose(col, ref_col, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(last, ref_last, rtol=1e-5, atol=1e-6)
+    if n_cols == length:
+        # The last row is a whole softmax row; a column only the last j rows see gets only their mass.
+        np.testing.assert_allclose(last.sum(axis=1), 1.0, rtol=1e-5)
+        for j in range(max(length - rows, 0), length):
+            assert np.all(col[:, j] <= length - j + 1e-5)
+
+
+def test_window_scores_masked_columns_get_no_mass():
+    """Row i must put exactly 0 on the columns after its own position: r = 4, n = L, flat attention."""
+    q = np.ones((2, 4, 8), np.float32)
+    k = np.zeros((1, 10, 8), np.float32)
+    col, last = cpu_shim.shim_window_scores(q, k, 1.0, 4, threads=4, n_cols=10)
+    expected = np.array([sum(1.0 / p for p in range(7, 11) if j < p) for j in range(10)], np.float32)
+    np.testing.assert_allclose(col, np.broadcast_to(expected, (2, 10)), rtol=1e-6)
+    np.testing.assert_allclose(last, np.full((2, 10), 0.1), rtol=1e-6)
 
 
 def test_window_scores_default_launch_256_threads():
@@ -102,16 +147,28 @@ class ShimBackend(NumpyBackend):
 
     name = "numpy+metal-shim"
 
-    def window_scores(self, queries, keys, scale, window):
-        return cpu_shim.shim_window_scores(queries, keys, scale, window, threads=32)
+    def window_scores(self, queries, keys, scale, window, n_cols=None):
+        return cpu_shim.shim_window_scores(queries, keys, scale, window, threads=32, n_cols=n_cols)
 
     def halting_curve(self, a_sorted):
         return cpu_shim.shim_halting_curve(a_sorted, threads=32)
 
 
+#: (preset, overrides): every preset as shipped, plus the official script's variants pinned since before the presets.
+SHIM_POLICIES = [
+    ("paper", {}),
+    ("sinks-in-metric", {}),
+    ("h2o-ranking", {}),
+    ("official-script", {}),
+    ("official-script", {"gqa": "expand", "threshold": 0.2}),
+    ("official-script", {"ranking": "snapkv"}),
+    ("paper", {"gqa": "expand", "threshold": 0.2}),
+]
+
+
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("policy_args", [{}, {"gqa": "expand", "threshold": 0.2}, {"ranking": "snapkv"}])
-def test_decisions_with_shim_kernels_match_reference(seed, policy_args):
+@pytest.mark.parametrize("preset,overrides", SHIM_POLICIES, ids=[f"{p}{o or ''}" for p, o in SHIM_POLICIES])
+def test_decisions_with_shim_kernels_match_reference(seed, preset, overrides):
     import refreekv_edu as rk
 
     rng = np.random.default_rng(seed)
@@ -119,12 +176,15 @@ def test_decisions_with_shim_kernels_match_reference(seed, policy_args):
     length = 20 + 37 * seed
     q = rng.normal(size=(hkv * groups, 8, 16)).astype(np.float32)
     k = rng.normal(size=(hkv, length, 16)).astype(np.float32)
-    policy = rk.ReFreeKV(**policy_args)
+    policy = rk.ReFreeKV.preset(preset, **overrides)
     ref = policy.decide_layer(q, k, backend="numpy")
     got = policy.decide_layer(q, k, backend=ShimBackend())
     assert got.n_evicted == ref.n_evicted
     np.testing.assert_array_equal(got.kept, ref.kept)
+    np.testing.assert_array_equal(got.order, ref.order)
     np.testing.assert_allclose(got.curve, ref.curve, rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(got.last_attn, ref.last_attn, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got.sink_attn, ref.sink_attn, rtol=1e-4, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------- the shim itself
@@ -187,8 +247,16 @@ def test_launch_checks():
         window_scores_launch(2, 20, 8, 8, 1.0, threads=48)
     with pytest.raises(ValueError, match="MAX_HEAD_DIM"):
         window_scores_launch(2, 20, 1024, 8, 1.0)
-    with pytest.raises(ValueError, match="window < L"):
-        window_scores_launch(2, 8, 8, 8, 1.0)
+    with pytest.raises(ValueError, match="n_cols"):
+        window_scores_launch(2, 8, 8, 8, 1.0)  # r = L and the default n_cols = L - r: no columns
+    with pytest.raises(ValueError, match="window <= L"):
+        window_scores_launch(2, 8, 8, 9, 1.0, n_cols=8)
+    for bad in (0, 9):
+        with pytest.raises(ValueError, match="1 <= n_cols <= L"):
+            window_scores_launch(2, 8, 8, 1, 1.0, n_cols=bad)
+    launch = window_scores_launch(3, 8, 4, 1, 0.5, n_cols=8, groups=3)
+    assert launch.output_shapes == ((3, 8), (3, 8))
+    np.testing.assert_array_equal(launch.extra_inputs[0], [3, 8, 4, 1, 3, 8])
     with pytest.raises(ValueError, match="at least one head and one candidate"):
         halting_curve_launch(2, 0)
     bad = Launch(
@@ -235,6 +303,28 @@ if hypothesis is not None:
         k = rng.normal(size=(heads, window + extra, dim)).astype(np.float32)
         col, last = cpu_shim.shim_window_scores(q, k, dim**-0.5, window, threads=threads)
         ref_col, ref_last = REF.window_scores(q, k, dim**-0.5, window)
+        np.testing.assert_allclose(col, ref_col, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(last, ref_last, rtol=1e-5, atol=1e-6)
+
+    @hypothesis.settings(max_examples=15, deadline=None)
+    @hypothesis.given(
+        kv_heads=st.integers(1, 2),
+        groups=st.integers(1, 3),
+        rows=st.integers(1, 8),
+        extra=st.integers(0, 60),
+        cols_short=st.integers(0, 10),
+        dim=st.integers(1, 24),
+        threads=st.sampled_from([1, 4, 32]),
+        seed=st.integers(0, 2**16),
+    )
+    def test_window_scores_n_cols_random_shapes(kv_heads, groups, rows, extra, cols_short, dim, threads, seed):
+        rng = np.random.default_rng(seed)
+        length = rows + extra
+        n_cols = max(1, length - cols_short)
+        q = rng.normal(size=(kv_heads * groups, rows, dim)).astype(np.float32)
+        k = rng.normal(size=(kv_heads, length, dim)).astype(np.float32)
+        col, last = cpu_shim.shim_window_scores(q, k, dim**-0.5, rows, threads=threads, n_cols=n_cols)
+        ref_col, ref_last = REF.window_scores(q, k, dim**-0.5, rows, n_cols=n_cols)
         np.testing.assert_allclose(col, ref_col, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(last, ref_last, rtol=1e-5, atol=1e-6)
 

@@ -16,6 +16,7 @@ from refreekv_mlx import MLXBackend  # noqa: E402
 from refreekv_mlx.backend import ordered_bits  # noqa: E402
 
 import refreekv_edu as rk  # noqa: E402
+from refreekv_edu.policies import PRESETS  # noqa: E402
 from refreekv_edu.reference import NumpyBackend  # noqa: E402
 
 REF = NumpyBackend()
@@ -132,6 +133,22 @@ def test_window_scores_matches_reference(hq, length, dim, window):
     np.testing.assert_allclose(as_np(last), ref_last, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "hq,hkv,length,rows,n_cols",
+    [(4, 2, 37, 1, 37), (2, 2, 40, 8, 40), (2, 2, 40, 8, 32), (6, 2, 45, 8, 45), (3, 1, 1, 1, 1), (2, 1, 7, 7, 7)],
+    ids=["paper r=1 n=L", "r=8 n=L", "r=8 n=L-8", "gqa odd L", "L=1", "r=L"],
+)
+def test_window_scores_n_cols_matches_reference(hq, hkv, length, rows, n_cols):
+    rng = np.random.default_rng(length + rows)
+    q = rng.normal(size=(hq, rows, 16)).astype(np.float32)
+    k = rng.normal(size=(hkv, length, 16)).astype(np.float32)
+    ref_col, ref_last = REF.window_scores(q, k, 0.25, rows, n_cols=n_cols)
+    col, last = MLX.window_scores(MLX.asarray(q), MLX.asarray(k), 0.25, rows, n_cols=n_cols)
+    assert tuple(col.shape) == tuple(last.shape) == (hq, n_cols)
+    np.testing.assert_allclose(as_np(col), ref_col, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(as_np(last), ref_last, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (9, 1), (3, 50), (4, 257)])
 def test_halting_curve_matches_reference(shape):
     rng = np.random.default_rng(shape[1])
@@ -168,11 +185,16 @@ def _case(name: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 CASES = ["gqa", "mha", "flat", "ties", "peaked", "zeros", "n1", "short"]
 POLICIES = [
-    rk.ReFreeKV(),
+    # every preset as shipped
+    *(rk.ReFreeKV.preset(name) for name in PRESETS),
+    # the official script's variants, pinned since before the presets existed
+    rk.ReFreeKV.preset("official-script", threshold=0.3, gqa="expand"),
+    rk.ReFreeKV.preset("official-script", ranking="snapkv"),
+    # the paper's variants: another threshold, one kept set per query head
+    rk.ReFreeKV(threshold=0.2),
     rk.ReFreeKV(threshold=0.3, gqa="expand"),
-    rk.ReFreeKV(ranking="snapkv"),
-    rk.ReFreeKV(ranking="position", threshold=0.2),
     rk.FixedBudget(budget=0.5),
+    rk.FixedBudget(budget=0.5, ranking="recency", sinks=4, window=0),
 ]
 
 
@@ -187,6 +209,16 @@ def test_decisions_match_reference(case, policy):
     np.testing.assert_array_equal(got.order, ref.order)
     np.testing.assert_allclose(got.curve, ref.curve, rtol=1e-4, atol=2e-6)
     np.testing.assert_allclose(got.last_attn, ref.last_attn, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got.sink_attn, ref.sink_attn, rtol=1e-4, atol=1e-6)
+
+
+def test_full_layers_are_decided_without_computing():
+    q, k = _case("gqa", np.random.default_rng(0))
+    for layer in (0, 1):
+        dec = rk.ReFreeKV().decide_layer(mx.array(q), mx.array(k), backend=MLX, layer=layer)
+        assert dec.full_layer and dec.n_evicted == 0 and dec.budget == 1.0
+        np.testing.assert_array_equal(dec.kept, np.tile(np.arange(48), (2, 1)))
+    assert not rk.ReFreeKV().decide_layer(mx.array(q), mx.array(k), backend=MLX, layer=2).full_layer
 
 
 def test_auto_backend_picks_mlx_for_mx_arrays():

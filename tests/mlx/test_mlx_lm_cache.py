@@ -42,6 +42,22 @@ def test_from_kept_gathers_the_kept_rows_of_each_head():
     np.testing.assert_array_equal(np.array(cache.valid_positions), KEPT)
 
 
+def test_one_kept_set_for_all_heads_is_one_slice_at_kv_heads():
+    """The recency ranking keeps the same positions in every KV head: the compacted cache is k[:, :, kept]."""
+    k, v = _prompt(4)
+    shared = np.array([0, 1, 2, 3, 8, 9, 10, 11])
+    kept = np.tile(shared, (HKV, 1))
+    cache = CompressedKVCache.from_kept(mx.array(k), mx.array(v), kept)
+    assert cache.keys.shape == (1, HKV, shared.size, D) and cache.rows == shared.size and cache.offset == L
+    np.testing.assert_array_equal(np.array(cache.keys), k[:, :, shared])
+    np.testing.assert_array_equal(np.array(cache.values), v[:, :, shared])
+    np.testing.assert_array_equal(np.array(cache.valid_positions), kept)
+    assert cache.nbytes == 2 * HKV * shared.size * D * 4
+    # A single KV head: the same slice.
+    single = CompressedKVCache.from_kept(mx.array(k[:, :1]), mx.array(v[:, :1]), shared[None])
+    np.testing.assert_array_equal(np.array(single.keys), k[:, :1, shared])
+
+
 def test_nbytes_counts_kept_rows_of_kv_heads_only():
     cache, _, _ = _compressed()
     assert cache.nbytes == 2 * HKV * KEPT.shape[1] * D * 4

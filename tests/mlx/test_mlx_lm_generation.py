@@ -1,4 +1,4 @@
-"""The mlx-lm integration on tiny random models of every supported family (2 layers, GQA 4:2).
+"""The mlx-lm integration on tiny random models of every supported family (2 or 4 layers, GQA 4:2).
 
 What is checked, and against what:
 
@@ -6,9 +6,17 @@ What is checked, and against what:
 2. After pruning, every decode logit equals a *full-cache* run in which the evicted keys are masked out
    per layer and per KV head (float tolerance); and differs from the unmasked full run, so pruning did happen.
    Also for a multi-token chunk fed after compaction (tests ``make_mask``).
-3. The compacted caches hold exactly the kept rows of ``Hkv`` heads (shapes, bytes, contents).
-4. The recomputed observation-window queries are the ones the model used (attention output rebuilt from them).
+3. Every preset of ``ReFreeKV`` (the paper, sinks-in-metric, h2o-ranking, official-script) on 4-layer models:
+   the paper's full layers 0-1 keep the model's own cache untouched, compacted layers hold exactly the kept
+   rows of ``Hkv`` heads (shapes, bytes, contents), stats count full layers at 100%, and logits equal the
+   masked full-cache run. The presets as shipped (T = 1%) evict little on random weights, so the same checks
+   also run at T = 0.3 (the value these tests have always used) to make sure eviction happened.
+4. The recomputed queries (the last ``policy.query_rows`` positions: 1 for the paper, 8 for H2O) are the ones
+   the model used (attention output rebuilt from them).
 5. Errors: unknown families, ``gqa="expand"`` on a GQA model.
+
+``rk.ReFreeKV()`` is the paper's method; the tests written before the presets existed pinned the official
+script's behaviour, and still do, through ``rk.ReFreeKV.preset("official-script", ...)``.
 """
 
 from __future__ import annotations
@@ -29,18 +37,28 @@ from refreekv_mlx.generation import compress_prompt, decode, generate  # noqa: E
 from refreekv_mlx.prefill import prefill  # noqa: E402
 
 import refreekv_edu as rk  # noqa: E402
+from refreekv_edu.policies import PRESETS  # noqa: E402
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3"]
 VOCAB = 96
 PROMPT_LEN = 40
 
 
-def tiny_model(family: str, seed: int = 0) -> nn.Module:
-    """2 layers, hidden 64, 4 query heads over 2 KV heads, head_dim 16, float32, random weights."""
+def official(**overrides) -> rk.ReFreeKV:
+    """The official script's configuration (the old ``ReFreeKV()`` default), with overrides."""
+    return rk.ReFreeKV.preset("official-script", **overrides)
+
+
+def tiny_model(family: str, seed: int = 0, layers: int = 2) -> nn.Module:
+    """``layers`` layers (2 by default), hidden 64, 4 query heads over 2 KV heads, head_dim 16, float32, random weights.
+
+    The paper's preset keeps layers 0 and 1 whole, so a model that shows it pruning needs ``layers >= 3``
+    (gemma3: layers 1 and 3 are global, so 4).
+    """
     mx.random.seed(seed)
     common = {
         "hidden_size": 64,
-        "num_hidden_layers": 2,
+        "num_hidden_layers": layers,
         "intermediate_size": 96,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
@@ -171,7 +189,7 @@ def compressed_logits(compressed, model, continuation, chunks) -> list[np.ndarra
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize(
-    "policy", [rk.ReFreeKV(threshold=0.3), rk.FixedBudget(budget=0.5, ranking="snapkv")], ids=["refreekv", "fixed"]
+    "policy", [official(threshold=0.3), rk.FixedBudget(budget=0.5, ranking="snapkv")], ids=["official", "fixed"]
 )
 def test_pruned_decode_equals_full_cache_with_evicted_keys_masked(family, policy):
     model = tiny_model(family)
@@ -188,13 +206,101 @@ def test_pruned_decode_equals_full_cache_with_evicted_keys_masked(family, policy
     assert max(np.abs(g - u).max() for g, u in zip(got, unmasked)) > 1e-3, "pruning changed nothing: test is vacuous"
 
 
+# ------------------------------------------------------------------------------- every preset
+#: Every preset as shipped, plus the paper-family presets at T = 0.3 so that eviction surely happens.
+PRESET_POLICIES = [rk.ReFreeKV.preset(name) for name in PRESETS] + [
+    rk.ReFreeKV.preset(name, threshold=0.3) for name in ("paper", "sinks-in-metric", "h2o-ranking")
+]
+
+
+def _policy_id(policy: rk.ReFreeKV) -> str:
+    return policy.preset_name + ("" if policy.threshold == PRESETS[policy.preset_name]["threshold"] else "-T0.3")
+
+
+@pytest.mark.parametrize("policy", PRESET_POLICIES, ids=_policy_id)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_preset_runs_and_pruning_equals_masking(family, policy):
+    model = tiny_model(family, layers=4)
+    tokens = prompt_tokens()
+    layers = attention_layers(model)
+    reference = prefill(model, tokens, query_rows=1, chunk_size=16)  # the uncompressed caches, same chunks
+    compressed = compress_prompt(model, tokens, policy, chunk_size=16)
+
+    # One decision per global-attention layer; full layers are exactly the policy's full_layers.
+    global_layers = [a.index for a in layers if a.compressible]
+    assert [d.layer for d in compressed.decisions] == global_layers
+    assert [d.full_layer for d in compressed.decisions] == [i in policy.full_layers for i in global_layers]
+    kept_bytes = 0
+    for a in layers:
+        cache, full = compressed.cache[a.index], reference.cache[a.index]
+        if not a.compressible or a.index in policy.full_layers:
+            # Sliding-window and full layers: the model's own cache, untouched (same class, offset, contents).
+            assert type(cache) is type(full) and not isinstance(cache, CompressedKVCache)
+            assert cache.offset == full.offset == PROMPT_LEN
+            np.testing.assert_array_equal(np.array(cache.keys), np.array(full.keys))
+            np.testing.assert_array_equal(np.array(cache.values), np.array(full.values))
+            kept_bytes += (cache.keys[..., :PROMPT_LEN, :].nbytes + cache.values[..., :PROMPT_LEN, :].nbytes
+                           if a.compressible else cache.nbytes)  # fmt: skip
+            continue
+        dec = next(d for d in compressed.decisions if d.layer == a.index)
+        assert isinstance(cache, CompressedKVCache) and cache.offset == PROMPT_LEN
+        assert dec.kept.shape == (a.n_kv_heads, dec.n_kept) and cache.rows == dec.n_kept
+        assert cache.keys.shape == (1, a.n_kv_heads, dec.n_kept, a.head_dim)
+        assert cache.nbytes == 2 * a.n_kv_heads * dec.n_kept * a.head_dim * 4
+        np.testing.assert_array_equal(np.array(cache.valid_positions), dec.kept)
+        if policy.ranking == "recency":  # one kept set for every KV head
+            assert (dec.kept == dec.kept[:1]).all()
+        full_keys = np.array(full.keys[0, :, :PROMPT_LEN])
+        full_values = np.array(full.values[0, :, :PROMPT_LEN])
+        for h in range(a.n_kv_heads):
+            np.testing.assert_array_equal(np.array(cache.keys[0, h]), full_keys[h, dec.kept[h]])
+            np.testing.assert_array_equal(np.array(cache.values[0, h]), full_values[h, dec.kept[h]])
+        kept_bytes += cache.nbytes
+
+    # Stats: full layers count at 100%.
+    decided = {d.layer: d for d in compressed.decisions}
+    assert compressed.kept_per_layer == [decided[i].n_kept for i in global_layers]
+    for i in policy.full_layers:
+        if i in decided:
+            assert compressed.kept_per_layer[global_layers.index(i)] == PROMPT_LEN and decided[i].budget == 1.0
+    assert compressed.kv_bytes_kept == kept_bytes
+
+    # Decoding through the compacted caches == the full cache with the evicted keys masked.
+    continuation = prompt_tokens(seed=5, length=6)
+    chunks = [1, 1, 3, 1]
+    got = compressed_logits(compressed, model, continuation, chunks)
+    want = masked_reference_logits(model, tokens, compressed.decisions, continuation, chunks)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    if policy.threshold == 0.3:  # the T = 0.3 variants must have evicted something, or the check is vacuous
+        assert any(d.n_evicted > 0 for d in compressed.decisions)
+        unmasked = masked_reference_logits(model, tokens, [], continuation, chunks)
+        assert max(np.abs(g - u).max() for g, u in zip(got, unmasked)) > 1e-3, "pruning changed nothing"
+
+
+def test_paper_generate_counts_full_layers_at_100_percent():
+    model = tiny_model("qwen3", layers=4)
+    tokens = prompt_tokens()
+    out = generate(model, TinyTokenizer(), tokens, rk.ReFreeKV(threshold=0.3), max_new_tokens=3)
+    layers = out.trace.layers
+    assert [d.layer for d in layers] == [0, 1, 2, 3] and [d.full_layer for d in layers] == [True, True, False, False]
+    kept = out.stats["kept_per_layer"]
+    assert kept[:2] == [PROMPT_LEN, PROMPT_LEN] and all(k < PROMPT_LEN for k in kept[2:])
+    assert kept == [d.n_kept for d in layers]
+    assert out.trace.mean_budget == pytest.approx((2 + sum(k / PROMPT_LEN for k in kept[2:])) / 4)
+    row_bytes = 2 * 2 * 16 * 4  # K and V, 2 KV heads, head_dim 16, float32
+    assert out.stats["kv_bytes_full"] == 4 * PROMPT_LEN * row_bytes
+    assert out.stats["kv_bytes_kept"] == sum(kept) * row_bytes
+    assert out.trace.meta["policy"] == repr(rk.ReFreeKV(threshold=0.3))
+
+
 # ------------------------------------------------------------------------------ 3. cache contents
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
 def test_compacted_cache_holds_kept_rows_of_kv_heads(family):
     model = tiny_model(family)
     tokens = prompt_tokens()
     policy = rk.FixedBudget(budget=0.5)
-    pre = prefill(model, tokens, window=policy.window, chunk_size=64)
+    pre = prefill(model, tokens, query_rows=policy.query_rows, chunk_size=64)
     full_keys = {a.index: np.array(pre.keys(a.index)) for a in pre.layers if a.compressible}
     compressed = compress_prompt(model, tokens, policy, chunk_size=16)
     layers = attention_layers(model)
@@ -221,12 +327,12 @@ def test_compacted_cache_holds_kept_rows_of_kv_heads(family):
 
 
 # --------------------------------------------------------------------------- 4. window queries
+@pytest.mark.parametrize("window", [1, 8], ids=["paper-r1", "h2o-r8"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_window_queries_reproduce_the_models_attention(family):
+def test_window_queries_reproduce_the_models_attention(family, window):
     """o_proj(softmax(scale q K^T) V) rebuilt from our queries == what the attention module returned."""
     model = tiny_model(family)
     tokens = prompt_tokens()
-    window = 8
     outputs = {}
 
     class Recorder(nn.Module):
@@ -240,7 +346,9 @@ def test_window_queries_reproduce_the_models_attention(family):
             return out
 
     layers = attention_layers(model)
-    pre = prefill(model, tokens, window=window, chunk_size=7)  # chunks shorter than the window
+    pre = prefill(model, tokens, query_rows=window, chunk_size=7)  # chunks shorter than the window
+    assert pre.query_rows == window
+    assert all(x.shape[1] == window for x in pre.window_inputs.values())
     for a in layers:
         model.layers[a.index].self_attn = Recorder(a.attn, a.index)
     try:
@@ -252,6 +360,7 @@ def test_window_queries_reproduce_the_models_attention(family):
         if not a.compressible:
             continue
         q = pre.queries(a.index)  # (Hq, w, D)
+        assert q.shape == (a.n_heads, window, a.head_dim)
         keys = pre.keys(a.index)
         values = pre.cache[a.index].values[0, :, :PROMPT_LEN, :]
         groups = a.n_heads // a.n_kv_heads
@@ -288,7 +397,7 @@ def test_split_head_reproduces_the_model(family):
 def test_generate_returns_a_full_generation_result():
     model = tiny_model("qwen3")
     tokens = prompt_tokens()
-    policy = rk.ReFreeKV(threshold=0.3)
+    policy = official(threshold=0.3)
     out = generate(model, TinyTokenizer(), tokens, policy, max_new_tokens=5)
     assert isinstance(out, rk.GenerationResult)
     assert set(rk.generate.__globals__["STATS_KEYS"]) <= set(out.stats)
@@ -341,7 +450,13 @@ def test_unknown_family_lists_the_supported_ones():
 def test_expand_on_a_gqa_model_says_to_use_group():
     model = tiny_model("llama")
     with pytest.raises(ValueError, match="gqa='group'"):
-        compress_prompt(model, prompt_tokens(), rk.ReFreeKV(gqa="expand"))
+        compress_prompt(model, prompt_tokens(), official(gqa="expand"))
+    with pytest.raises(ValueError, match="gqa='group'"):
+        compress_prompt(tiny_model("llama", layers=3), prompt_tokens(), rk.ReFreeKV(gqa="expand"))
+    # The paper never prunes layers 0-1: on a 2-layer model there is nothing to compact, so nothing to refuse.
+    compressed = compress_prompt(model, prompt_tokens(), rk.ReFreeKV(gqa="expand"))
+    assert all(type(c) is KVCache for c in compressed.cache)
+    assert [d.full_layer for d in compressed.decisions] == [True, True]
 
 
 def test_expand_equals_group_without_gqa():
@@ -366,7 +481,10 @@ def test_bad_prompts_raise():
     with pytest.raises(TypeError, match="prompt must be"):
         generate(model, TinyTokenizer(), 3.5, rk.FullCache())
     with pytest.raises(ValueError, match="non-empty"):
-        prefill(model, [], window=8)
+        prefill(model, [], query_rows=8)
+    # query_rows = 0 would record x[:, -0:], i.e. the whole prompt: refused.
+    with pytest.raises(ValueError, match="query_rows must be an int >= 1"):
+        prefill(model, [1, 2, 3], query_rows=0)
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         generate(model, TinyTokenizer(), [1, 2, 3], rk.FullCache(), temperature=-1.0)
     with pytest.raises(ValueError, match="top_p must lie in"):
@@ -382,31 +500,38 @@ def test_full_cache_keeps_plain_kv_caches():
 def test_one_new_token_reports_the_prefill_logits():
     model = tiny_model("qwen2")
     tokens = prompt_tokens()
-    out = generate(model, TinyTokenizer(), tokens, rk.ReFreeKV(threshold=0.3), max_new_tokens=1)
+    out = generate(model, TinyTokenizer(), tokens, official(threshold=0.3), max_new_tokens=1)
     prefill_logits = np.array(model(mx.array(tokens)[None])[0, -1])
     assert len(out.tokens) == 1 and out.tokens[0] == int(prefill_logits.argmax())
     np.testing.assert_allclose(out.first_logits, prefill_logits, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("length", [1, 5, 8, 9])
-def test_prompts_up_to_window_plus_one_prune_nothing(length):
-    """L <= w: no candidates; L = w + 1: one candidate, and at least one candidate always stays."""
-    model = tiny_model("llama")
+@pytest.mark.parametrize(
+    "preset,length,layers",
+    [("official-script", 1, 2), ("official-script", 5, 2), ("official-script", 8, 2), ("official-script", 9, 2),
+     ("paper", 1, 3), ("paper", 4, 3), ("paper", 5, 3)],
+)  # fmt: skip
+def test_prompts_up_to_protected_plus_one_prune_nothing(preset, length, layers):
+    """L <= m + w: no candidates; L = m + w + 1: one candidate, and at least one candidate always stays."""
+    model = tiny_model("llama", layers=layers)
     tokens = prompt_tokens(length=length)
-    compressed = compress_prompt(model, tokens, rk.ReFreeKV(threshold=0.9))
-    assert compressed.kept_per_layer == [length, length]
+    compressed = compress_prompt(model, tokens, rk.ReFreeKV.preset(preset, threshold=0.9))
+    assert compressed.kept_per_layer == [length] * layers
     assert all(dec.n_evicted == 0 for dec in compressed.decisions)
     got, _ = decode(model, compressed.cache, compressed.last_logits, 4)
     assert got == [t for t, _ in generate_step(mx.array(tokens), model, max_tokens=4)]
 
 
-def test_compacted_cache_plugs_into_mlx_lm_generate_step():
+@pytest.mark.parametrize("policy,layers", [(official(threshold=0.3), 2), (rk.ReFreeKV(threshold=0.3), 3)],
+                         ids=["official", "paper"])  # fmt: skip
+def test_compacted_cache_plugs_into_mlx_lm_generate_step(policy, layers):
     """After compaction, mlx-lm's own decode loop can continue from our cache (it only sees offset/update/mask)."""
-    model = tiny_model("qwen3")
+    model = tiny_model("qwen3", layers=layers)
     tokens = prompt_tokens()
-    ours = compress_prompt(model, tokens, rk.ReFreeKV(threshold=0.3))
+    ours = compress_prompt(model, tokens, policy)
+    assert any(isinstance(c, CompressedKVCache) for c in ours.cache)
     got, _ = decode(model, ours.cache, ours.last_logits, 8)
-    theirs = compress_prompt(model, tokens, rk.ReFreeKV(threshold=0.3))
+    theirs = compress_prompt(model, tokens, policy)
     first = int(mx.argmax(theirs.last_logits).item())
     continued = [t for t, _ in generate_step(mx.array([first]), model, max_tokens=7, prompt_cache=theirs.cache)]
     assert [first, *continued] == got

@@ -11,6 +11,7 @@ Usage::
 
     from refreekv_mlx.cpu_shim import shim_window_scores, shim_halting_curve
     col_sum, last_row = shim_window_scores(q, k, scale, window, threads=64)   # numpy in, numpy out
+    col_sum, last_row = shim_window_scores(q_last, k, scale, 1, n_cols=L)     # the paper: last row, all keys
     curve = shim_halting_curve(a_sorted, threads=64)
 
 Builds are cached by a hash of the generated source and compiler flags in
@@ -178,26 +179,27 @@ def build(spec: KernelSpec) -> ShimKernel:
 
 
 def shim_window_scores(
-    queries: np.ndarray, keys: np.ndarray, scale: float, window: int, threads: int = DEFAULT_THREADS
+    queries: np.ndarray,
+    keys: np.ndarray,
+    scale: float,
+    window: int,
+    threads: int = DEFAULT_THREADS,
+    n_cols: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``window_scores`` kernel body run on CPU threads.
 
     Args:
-        queries: ``(Hq, w, D)`` float32 window queries.
+        queries: ``(Hq, r, D)`` float32 queries of the last ``r`` prompt positions.
         keys: ``(Hkv, L, D)`` float32 keys; query head ``h`` reads KV head ``h // (Hq / Hkv)``.
         scale: attention scale.
-        window: ``w``.
+        window: ``r`` (row ``i`` is position ``L - r + i``, causal mask).
         threads: simulated threads per threadgroup (power of two).
+        n_cols: columns reported, ``1 <= n_cols <= L``; default ``L - r``.
 
     Returns:
-        ``(col_sum, last_row)``, both ``(Hq, n)`` float32.
+        ``(col_sum, last_row)``, both ``(Hq, n_cols)`` float32.
     """
-    if (
-        queries.ndim != 3
-        or keys.ndim != 3
-        or queries.shape[0] % keys.shape[0]
-        or queries.shape[2] != keys.shape[2]
-    ):
+    if queries.ndim != 3 or keys.ndim != 3 or queries.shape[0] % keys.shape[0] or queries.shape[2] != keys.shape[2]:
         raise ValueError(
             f"expected queries (Hq, w, D) and keys (Hkv, L, D) with Hkv dividing Hq; got {queries.shape} and {keys.shape}"
         )
@@ -205,7 +207,9 @@ def shim_window_scores(
         raise ValueError(f"queries hold {queries.shape[1]} rows but window={window}")
     num_heads = queries.shape[0]
     kv_heads, length, head_dim = keys.shape
-    launch = window_scores_launch(num_heads, length, head_dim, window, scale, threads, groups=num_heads // kv_heads)
+    launch = window_scores_launch(
+        num_heads, length, head_dim, window, scale, threads, groups=num_heads // kv_heads, n_cols=n_cols
+    )
     col_sum, last_row = build(window_scores_spec())([queries, keys], launch)
     return col_sum, last_row
 
