@@ -5,17 +5,46 @@ A checker (see :mod:`refreekv_edu.exercises.checks`) is an :class:`Exercise`: a 
 wrong answers with a hint each. When a submission fails a case, the grader runs every known mistake on that case;
 if one of them gives exactly what the submission gave, its hint is the diagnosis. Otherwise the case's own hint
 (what the case is about) is shown.
+
+The submission is untrusted code, so the loop guards against it (:func:`run_submission`): each call runs under a
+time limit (:data:`TIME_LIMIT_S`; an endless loop fails with a message instead of hanging the notebook),
+``sys.exit()`` and any other exception are reported as a failure, an answer that is complex or not numbers at
+all (strings, objects) fails with a clear message, and so does a submission that writes into its input arrays.
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import signal
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+#: Seconds one call of a submission may run (every case is small: a correct answer takes milliseconds).
+TIME_LIMIT_S = 5.0
+
+TIMEOUT_HINT = (
+    "an endless loop? Check that every while-loop moves towards its end (e.g. `e += 1`) and stops at the last "
+    "candidate; the cases are small, so a correct function finishes in milliseconds."
+)
+EXIT_HINT = (
+    "do not call sys.exit() / exit() / quit() in your function: they stop the whole program (the grader caught it). "
+    "Return the answer instead."
+)
+DTYPE_HINT = (
+    "return real numbers: a numpy array of floats (or ints for indices), e.g. np.asarray(x, dtype=np.float32). "
+    "Complex values (e.g. from np.sqrt of a complex array, or `+ 1j`) or strings are never a valid answer."
+)
+MUTATION_HINT = (
+    "work on a copy (e.g. x = x.copy() or x = x * 1.0) instead of writing into the arrays you were given: "
+    "the caller (the next layer, the next step) still needs them unchanged."
+)
 
 
 @dataclass
@@ -98,6 +127,7 @@ class CheckResult:
     n_cases: int
     failure: Failure | None = None
     cases: list[str] = field(default_factory=list)
+    note: str = ""  # e.g. "the instructor solution was graded, not yours"
 
     def __bool__(self) -> bool:
         return self.passed
@@ -106,7 +136,8 @@ class CheckResult:
     def message(self) -> str:
         """The full explanation, as printed."""
         if self.passed:
-            return f"PASSED {self.exercise}: all {self.n_cases} cases correct ({', '.join(self.cases)})."
+            note = f" ({self.note})" if self.note else ""
+            return f"PASSED {self.exercise}{note}: all {self.n_cases} cases correct ({', '.join(self.cases)})."
         f = self.failure
         assert f is not None
         lines = [
@@ -145,9 +176,19 @@ def _indent(text: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- describing values
 def summarize(x: Any, max_items: int = 24) -> str:
-    """A short, readable description of a value: shape, dtype and (if small) the values themselves."""
+    """A short, readable description of a value: shape, dtype and (if small) the values themselves.
+
+    Never raises: whatever a submission returns (strings, complex numbers, odd objects) can be described.
+    """
+    try:
+        return _summarize(x, max_items)
+    except Exception:  # noqa: BLE001 - a description must not crash the report
+        return f"{type(x).__name__}: {x!r}"[:200]
+
+
+def _summarize(x: Any, max_items: int) -> str:
     if isinstance(x, tuple):
-        return "(" + ",\n ".join(summarize(v, max_items) for v in x) + ")"
+        return "(" + ",\n ".join(_summarize(v, max_items) for v in x) + ")"
     if isinstance(x, (bool, np.bool_)):
         return repr(bool(x))
     if isinstance(x, (int, np.integer)):
@@ -156,6 +197,8 @@ def summarize(x: Any, max_items: int = 24) -> str:
         return f"{float(x):.6g} (float)"
     if x is None:
         return "None"
+    if isinstance(x, (str, bytes)):
+        return f"{type(x).__name__} {x!r}"[:200]
     arr = _as_array(x)
     if arr is None:
         return f"{type(x).__name__}: {x!r}"[:200]
@@ -168,11 +211,13 @@ def summarize(x: Any, max_items: int = 24) -> str:
         first = arr.reshape(-1, arr.shape[-1])[0, :8] if arr.ndim >= 2 else arr[:8]
         where = "first row" if arr.ndim >= 2 else "values"
         start = f", {where} starts {np.array2string(first, separator=', ')[:-1]}, ...]"
-        if arr.dtype.kind in "fc":
+        if arr.dtype.kind == "f":
             finite = arr[np.isfinite(arr)]
             rng = f"min {finite.min():.4g}, max {finite.max():.4g}" if finite.size else "no finite values"
             return f"{head}, {rng}{start}"
-        return f"{head}, min {arr.min()}, max {arr.max()}{start}"
+        if arr.dtype.kind in "biu":
+            return f"{head}, min {arr.min()}, max {arr.max()}{start}"
+        return f"{head}{start}"
 
 
 def _as_array(x: Any) -> np.ndarray | None:
@@ -189,7 +234,8 @@ def _as_array(x: Any) -> np.ndarray | None:
 def compare_values(expected: Any, got: Any, rtol: float = 1e-4, atol: float = 1e-6) -> str | None:
     """``None`` when ``got`` matches ``expected``, else one sentence that says what differs and where.
 
-    Tuples are compared element by element; integers exactly; floats with ``rtol``/``atol``.
+    Tuples are compared element by element; integers exactly; floats with ``rtol``/``atol``. Complex values and
+    non-numbers (strings, objects) never match, with a sentence that says so.
     """
     if isinstance(expected, tuple):
         if not isinstance(got, (tuple, list)) or len(got) != len(expected):
@@ -215,6 +261,9 @@ def compare_values(expected: Any, got: Any, rtol: float = 1e-4, atol: float = 1e
     arr = _as_array(got)
     if arr is None:
         return f"expected an array of shape {exp.shape}, got {type(got).__name__}"
+    kind = bad_dtype(arr)
+    if kind:
+        return kind
     if arr.shape != exp.shape:
         return f"wrong shape: expected {exp.shape}, got {arr.shape}"
     if exp.dtype.kind in "iu":
@@ -241,6 +290,30 @@ def compare_values(expected: Any, got: Any, rtol: float = 1e-4, atol: float = 1e
     return None
 
 
+def bad_dtype(x: Any) -> str | None:
+    """``None`` when ``x`` (an array, a number, or a tuple of them) holds real numbers, else what is wrong with it."""
+    if isinstance(x, (tuple, list)) and any(isinstance(v, (tuple, list, np.ndarray)) for v in x):
+        for i, v in enumerate(x):
+            problem = bad_dtype(v)
+            if problem:
+                return f"output [{i}]: {problem}"
+        return None
+    if isinstance(x, (complex, np.complexfloating)):
+        return f"your output is a complex number ({x!r}); the algorithm is real-valued"
+    if isinstance(x, (str, bytes)):
+        return f"your output is text ({x!r}), not a number or an array of numbers"
+    arr = _as_array(x)
+    if arr is None:
+        return None  # not array-like at all: the comparison says what was expected instead
+    if arr.dtype.kind == "c":
+        return (
+            f"your output is complex (dtype {arr.dtype}); the algorithm is real-valued, imaginary parts are never right"
+        )
+    if arr.dtype.kind not in "biuf":
+        return f"your output holds {arr.dtype} values (dtype kind {arr.dtype.kind!r}), not numbers"
+    return None
+
+
 def _same(a: Any, b: Any) -> bool:
     """Loose equality used to recognise a known mistake (NaNs equal, small float noise ignored)."""
     if isinstance(a, tuple) or isinstance(b, tuple):
@@ -253,6 +326,8 @@ def _same(a: Any, b: Any) -> bool:
     x, y = _as_array(a), _as_array(b)
     if x is None or y is None or x.shape != y.shape:
         return False
+    if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
+        return False  # complex or non-numbers never match a known (real-valued) mistake
     if x.dtype.kind in "iub" and y.dtype.kind in "iub":
         return bool(np.array_equal(x, y))
     try:
@@ -261,14 +336,121 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
+def _unchanged(before: Any, after: Any) -> bool:
+    """Exact equality of an input before and after the submission ran (any in-place write shows)."""
+    x, y = _as_array(before), _as_array(after)
+    if x is None or y is None:
+        return bool(before == after) if type(before) is type(after) else False
+    return x.shape == y.shape and x.dtype == y.dtype and bool(np.array_equal(x, y, equal_nan=x.dtype.kind in "fc"))
+
+
 # ---------------------------------------------------------------------------------------------- the loop
-def grade(exercise: Exercise, fn: Callable[..., Any], seed: int = 0) -> CheckResult:
+class SubmissionTimeout(BaseException):
+    """Raised inside a submission that ran past its time limit (a BaseException, so ``except Exception`` cannot swallow it)."""
+
+
+def run_submission(fn: Callable[..., Any], args: Sequence[Any], time_limit: float = TIME_LIMIT_S) -> tuple[str, Any]:
+    """Call ``fn(*args)`` as untrusted code: under a time limit, and never letting its exceptions escape.
+
+    On Linux and macOS, in the main thread (a notebook cell, a script, pytest), the call runs right there and a
+    ``SIGALRM`` timer interrupts it after ``time_limit`` seconds (even inside ``time.sleep``); a timer already set
+    by someone else (e.g. pytest-timeout) is restored afterwards. Elsewhere (another thread, Windows) it runs in a
+    daemon thread that the grader stops waiting for after ``time_limit``; a pure-Python loop is then interrupted
+    by an asynchronous exception, while a single long C call (one huge numpy operation) finishes in the background.
+
+    Args:
+        fn: the submission.
+        args: its positional arguments.
+        time_limit: seconds (> 0).
+
+    Returns:
+        ``("ok", value)``, ``("raised", exception)`` (``SystemExit`` from ``sys.exit()`` included) or
+        ``("timeout", None)``. ``KeyboardInterrupt`` (the user pressing stop) is re-raised.
+    """
+    if time_limit <= 0:
+        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
+    use_alarm = hasattr(signal, "SIGALRM") and hasattr(signal, "setitimer")
+    if use_alarm and threading.current_thread() is threading.main_thread():
+        return _run_with_alarm(fn, args, time_limit)
+    return _run_in_thread(fn, args, time_limit)
+
+
+def _run_with_alarm(fn: Callable[..., Any], args: Sequence[Any], time_limit: float) -> tuple[str, Any]:
+    state = {"active": True, "fired": False}
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        if state["active"]:
+            state["fired"] = True
+            raise SubmissionTimeout
+
+    old_handler = signal.signal(signal.SIGALRM, on_alarm)
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, time_limit)
+    start = time.monotonic()
+    try:
+        try:
+            outcome: tuple[str, Any] = ("ok", fn(*args))
+        except SubmissionTimeout:
+            outcome = ("timeout", None)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and everything else is the submission's failure
+            outcome = ("raised", exc)
+    finally:
+        state["active"] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
+        if old_delay > 0:  # give back the timer we borrowed, minus the time spent
+            signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-3), old_interval)
+    if state["fired"]:  # the submission caught the timeout itself (a bare `except:`) and went on
+        return ("timeout", None)
+    return outcome
+
+
+def _run_in_thread(fn: Callable[..., Any], args: Sequence[Any], time_limit: float) -> tuple[str, Any]:
+    box: dict[str, Any] = {}
+    context = contextvars.copy_context()  # the caller's numpy errstate etc.
+
+    def target() -> None:
+        try:
+            box["outcome"] = ("ok", context.run(fn, *args))
+        except SubmissionTimeout:
+            box["outcome"] = ("timeout", None)
+        except BaseException as exc:  # noqa: BLE001 - reported, never raised
+            box["outcome"] = ("raised", exc)
+
+    worker = threading.Thread(target=target, name="refreekv-submission", daemon=True)
+    worker.start()
+    try:
+        worker.join(time_limit)
+    except KeyboardInterrupt:
+        _interrupt_thread(worker)
+        raise
+    if worker.is_alive():
+        _interrupt_thread(worker)
+        return ("timeout", None)
+    return box.get("outcome", ("timeout", None))
+
+
+def _interrupt_thread(worker: threading.Thread) -> None:
+    """Raise :class:`SubmissionTimeout` inside ``worker`` at its next Python instruction (CPython; else a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(worker.ident or 0), ctypes.py_object(SubmissionTimeout)
+        )
+    except (ImportError, AttributeError):  # not CPython: the daemon thread is left to finish on its own
+        pass
+
+
+def grade(exercise: Exercise, fn: Callable[..., Any], seed: int = 0, time_limit: float = TIME_LIMIT_S) -> CheckResult:
     """Run ``fn`` on every case of ``exercise`` (positional arguments), stop at the first wrong answer, explain it.
 
     Args:
         exercise: what to check.
         fn: the submission.
         seed: seed of the random cases (the same seed gives the same cases, so a failure can be reproduced).
+        time_limit: seconds one call may run before it counts as a failure (see :func:`run_submission`).
     """
     if not callable(fn):
         raise TypeError(
@@ -280,34 +462,44 @@ def grade(exercise: Exercise, fn: Callable[..., Any], seed: int = 0) -> CheckRes
     for i, case in enumerate(cases):
         expected = exercise.reference(*copy.deepcopy(case.args))
         args = copy.deepcopy(case.args)
-        try:
-            got = fn(*args)
-        except NotImplementedError:
-            return _failed(
-                exercise,
-                i,
-                cases,
-                case,
-                expected,
-                "raised NotImplementedError",
-                "the function is still the stub: replace `raise NotImplementedError` with your code.",
-            )
-        except Exception as exc:  # noqa: BLE001 - any error in student code is reported, not raised
+        status, got = run_submission(fn, args, time_limit)
+        if status == "timeout":
+            problem = f"did not finish within {time_limit:g} s: the grader stopped it"
+            return _failed(exercise, i, cases, case, expected, problem, TIMEOUT_HINT)
+        if status == "raised":
+            exc = got
+            if isinstance(exc, NotImplementedError):
+                return _failed(
+                    exercise,
+                    i,
+                    cases,
+                    case,
+                    expected,
+                    "raised NotImplementedError",
+                    "the function is still the stub: replace `raise NotImplementedError` with your code.",
+                )
+            if isinstance(exc, SystemExit):
+                problem = f"called sys.exit({exc.code!r}) (or exit()/quit()): the grader caught it"
+                return _failed(exercise, i, cases, case, expected, problem, EXIT_HINT)
             where = traceback.extract_tb(exc.__traceback__)[-1]
             problem = f"raised {type(exc).__name__}: {exc} (line {where.lineno}: {where.line})"
             return _failed(exercise, i, cases, case, expected, problem, _hint_for_error(exc, case))
-        changed = [j for j, (a, b) in enumerate(zip(args, case.args)) if not _same(a, b)]
+        changed = [j for j, (a, b) in enumerate(zip(args, case.args)) if not _unchanged(b, a)]
         if changed:
+            names_ = _param_names(exercise.signature, len(case.args))
             return _failed(
                 exercise,
                 i,
                 cases,
                 case,
                 expected,
-                f"your function changed its input argument #{changed[0] + 1} in place",
-                "work on a copy (e.g. x = x.copy() or x = x * 1.0) instead of writing into the arrays you were given.",
+                f"your function changed its input argument #{changed[0] + 1} ({names_[changed[0]]}) in place",
+                MUTATION_HINT,
                 got,
             )
+        kind = bad_dtype(got)
+        if kind:
+            return _failed(exercise, i, cases, case, expected, kind, DTYPE_HINT, got)
         problem = compare(expected, got)
         if problem:
             hint, diagnosis = _diagnose(exercise, case, got)
@@ -335,10 +527,13 @@ def _param_names(signature: str, count: int) -> list[str]:
     return names if len(names) == count else [f"arg{j + 1}" for j in range(count)]
 
 
-def _hint_for_error(exc: Exception, case: Case) -> str:
+def _hint_for_error(exc: BaseException, case: Case) -> str:
     if isinstance(exc, (IndexError, ValueError)) and ("shape" in str(exc) or "broadcast" in str(exc)):
         return "a shape mismatch: print the .shape of every intermediate array and compare with the shapes in the docstring."
     return case.hint or "read the error above; the case's inputs are listed so you can reproduce it."
+
+
+_NOTHING = object()  # the submission returned nothing (it raised, exited or timed out)
 
 
 def _failed(
@@ -349,7 +544,7 @@ def _failed(
     expected: Any,
     problem: str,
     hint: str,
-    got: Any = None,
+    got: Any = _NOTHING,
     diagnosis: str | None = None,
 ) -> CheckResult:
     names = _param_names(exercise.signature, len(case.args))
@@ -359,7 +554,7 @@ def _failed(
         about=case.about,
         inputs=f"{exercise.signature}\n{inputs}",
         expected=summarize(expected),
-        got=summarize(got) if got is not None or "raised" not in problem else "(nothing: it raised)",
+        got="(nothing: it did not return)" if got is _NOTHING else summarize(got),
         problem=problem,
         hint=hint,
         diagnosis=diagnosis,

@@ -3,10 +3,17 @@
 Each function is the spec of its exercise written as plainly as possible; the checkers in
 :mod:`refreekv_edu.exercises.checks` grade a submission against these. They follow the
 library (``reference.py``, ``ranking.py``, ``halting.py``, ``policies.py``) step for step,
-and ``tests/exercises`` proves that they agree with it.
+and ``tests/exercises`` proves that they agree with it: the paper's method is ``rk.ReFreeKV()``
+(:func:`candidate_curve`, :func:`recency_keep`, :func:`model_budget`, :func:`decide_layer`), the
+official script is ``rk.ReFreeKV.preset("official-script")`` (:func:`window_scores`,
+:func:`rank_candidates`, :func:`kept_positions`, :func:`official_script_layer`).
+
+This module is for instructors: the student-facing package ``refreekv_edu.exercises`` does not
+import it into its namespace (import it explicitly: ``from refreekv_edu.exercises import solutions``).
 
 Shapes: ``Hq`` query heads, ``Hkv`` key/value heads, ``G = Hq / Hkv``, ``L`` prompt length,
-``w`` observation window, ``n = L - w`` candidates, ``D`` head dim, ``H`` any number of heads.
+``m`` sinks, ``w`` observation window, ``n`` candidates (``L - m`` for the paper, ``L - w`` for
+the official script), ``D`` head dim, ``H`` any number of heads.
 """
 
 from __future__ import annotations
@@ -125,8 +132,108 @@ def kept_positions(order: np.ndarray, n_evicted: int, prompt_len: int, window: i
     return np.concatenate([kept_candidates, np.broadcast_to(window_pos, (order.shape[0], window))], axis=1)
 
 
-def decide_layer(queries: np.ndarray, keys: np.ndarray, threshold: float, window: int) -> np.ndarray:
-    """The capstone: steps 1-7 of ReFreeKV (h2o ranking, GQA ``group`` mode) from the exercises above.
+def candidate_curve(last_row: np.ndarray, sinks: int) -> np.ndarray:
+    """The paper's curve: the sinks are kept but left OUT of the metric; candidates are evicted oldest first.
+
+    Args:
+        last_row: ``(H, L)`` the last prompt token's attention on every prompt position (softmax over all ``L``).
+        sinks: ``m``, the attention sinks ``[0, m)``: always kept, not candidates, not in the norm.
+
+    Returns:
+        ``(n,)`` float32 ``ratio(e)``, ``n = L - m``: the halting curve of the candidates ``[m, L)`` in recency
+        order (candidate ``k`` is position ``m + k``; the oldest goes first, the newest last).
+    """
+    a = np.asarray(last_row, dtype=np.float32)[:, sinks:]  # (H, n): the candidates only, the sinks sliced off
+    oldest_first = np.broadcast_to(np.arange(a.shape[1], dtype=np.int64), a.shape)  # one order for every head
+    return halting_curve(a, oldest_first)
+
+
+def recency_keep(last_row: np.ndarray, sinks: int, threshold: float) -> np.ndarray:
+    """The paper's keep step: the sinks, then the newest candidates ``[m + e*, L)``, one set for every head.
+
+    Args:
+        last_row: ``(H, L)`` the last prompt token's attention on every prompt position.
+        sinks: ``m``.
+        threshold: ``T`` in ``[0, 1)``.
+
+    Returns:
+        ``(m + n - e*,)`` int64 kept positions, ascending, with ``e* = max { e : ratio(e) <= T }`` on
+        :func:`candidate_curve`.
+    """
+    length = np.asarray(last_row).shape[1]
+    sinks = min(sinks, length)
+    ratio = candidate_curve(last_row, sinks)
+    allowed = np.flatnonzero(ratio <= threshold)
+    n_evicted = int(allowed[-1]) if allowed.size else 0  # at most n - 1: the newest candidate always stays
+    return np.concatenate([np.arange(sinks), np.arange(sinks + n_evicted, length)]).astype(np.int64)
+
+
+def model_budget(
+    last_rows: np.ndarray, sinks: int, threshold: float, full_layers: tuple[int, ...]
+) -> tuple[np.ndarray, float]:
+    """Full layers: the layers in ``full_layers`` keep everything and count 100% in the model's mean budget.
+
+    Args:
+        last_rows: ``(layers, H, L)`` the last prompt token's attention, one ``(H, L)`` row block per layer.
+        sinks: ``m``.
+        threshold: ``T``.
+        full_layers: layer indices never pruned, e.g. ``(0, 1)`` (the paper's Appendix B).
+
+    Returns:
+        ``(budgets, mean_budget)``: ``(layers,)`` float64 share of the prompt each layer keeps, ``(m + n - e*) / L``
+        for a pruned layer and ``1.0`` for a full one, and their plain mean over ALL layers.
+    """
+    last_rows = np.asarray(last_rows, dtype=np.float32)
+    length = last_rows.shape[2]
+    budgets = np.ones(last_rows.shape[0], dtype=np.float64)
+    for layer, last_row in enumerate(last_rows):
+        if layer not in full_layers:  # a full layer keeps its whole cache: budget 1.0, nothing to decide
+            budgets[layer] = len(recency_keep(last_row, sinks, threshold)) / length
+    return budgets, float(budgets.mean())
+
+
+def last_row_attention(queries: np.ndarray, keys: np.ndarray, scale: float) -> np.ndarray:
+    """Eq. 1: ``(Hq, r, D)``, ``(Hkv, L, D)`` -> ``(Hq, L)``, the last query row's softmax over all ``L`` keys.
+
+    Query head ``h`` reads KV head ``h // G``. (A helper of :func:`decide_layer`, not an exercise.)
+    """
+    q = np.asarray(queries, dtype=np.float32)[:, -1, :]  # (Hq, D): the LAST prompt position only
+    k = expand_kv(np.asarray(keys, dtype=np.float32), q.shape[0] // keys.shape[0])  # (Hq, L, D)
+    logits = scale * np.einsum("hd,hld->hl", q, k)  # the last row sees every key: no mask needed
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    probs = np.exp(logits)
+    return (probs / probs.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+#: The paper's full layers (Appendix B): layers 0 and 1 are never pruned.
+PAPER_FULL_LAYERS = (0, 1)
+
+
+def decide_layer(queries: np.ndarray, keys: np.ndarray, threshold: float, sinks: int, layer: int) -> np.ndarray:
+    """The capstone: ``rk.ReFreeKV(threshold=threshold, sinks=sinks)`` (the paper) deciding layer ``layer``.
+
+    Args:
+        queries: ``(Hq, r, D)`` queries of the last ``r >= 1`` prompt positions (only the last row is read).
+        keys: ``(Hkv, L, D)`` keys of the prompt.
+        threshold: ``T``.
+        sinks: ``m``.
+        layer: the layer index; layers 0 and 1 keep everything.
+
+    Returns:
+        ``(Hkv, n_kept)`` int64 kept positions per KV head, ascending (the same set for every head).
+    """
+    num_kv_heads, length, head_dim = keys.shape
+    if layer in PAPER_FULL_LAYERS:
+        kept = np.arange(length, dtype=np.int64)
+    else:
+        last_row = last_row_attention(queries, keys, 1.0 / np.sqrt(head_dim))
+        kept = recency_keep(last_row, sinks, threshold)
+    return np.broadcast_to(kept, (num_kv_heads, kept.size)).copy()
+
+
+def official_script_layer(queries: np.ndarray, keys: np.ndarray, threshold: float, window: int) -> np.ndarray:
+    """The official script's decision (``rk.ReFreeKV.preset("official-script")``: no sinks, no full layers,
+    H2O ranking, the last ``w`` positions protected, GQA ``group`` mode) from the exercises above.
 
     Args:
         queries: ``(Hq, w, D)`` queries of the last ``w`` prompt positions.
