@@ -4,7 +4,8 @@ For one layer and prompt lengths L = 1k / 4k / 8k this measures, side by side in
 
 - the layer's full causal prefill attention, ``softmax(Q K^T / sqrt(D)) V`` over all ``L`` queries
   (torch ``scaled_dot_product_attention``, the cost the model pays with or without ReFreeKV);
-- one ``ReFreeKV().decide_layer`` with the numpy reference, with the torch backend's torch ops, and
+- one ``decide_layer`` of a ReFreeKV preset (``--preset``, default the paper's ``ReFreeKV()``: one query
+  row, all ``L`` columns) with the numpy reference, with the torch backend's torch ops, and
   (at the smallest L only: it is slow) with the Triton kernels in Triton's CPU interpreter.
 
 It prints each decision's time as a share of that attention, and the numpy/torch speed ratio.
@@ -14,6 +15,7 @@ GPU timings of the Triton kernels are in ``bench/gpu_check.py``.
 Usage::
 
     python bench/decide_backends.py [--lengths 1024 4096 8192] [--shape smollm2|llama8b] [--repeats 5]
+                                    [--preset paper|sinks-in-metric|h2o-ranking|official-script]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import triton  # noqa: E402
 from refreekv_torch import TorchBackend  # noqa: E402
 
 import refreekv_edu as rk  # noqa: E402
+from refreekv_edu.policies import PRESETS  # noqa: E402
 from refreekv_edu.reference import NumpyBackend  # noqa: E402
 
 SHAPES = {"smollm2": (9, 3, 64), "llama8b": (32, 8, 128)}
@@ -65,13 +68,14 @@ def layer_inputs(hq: int, hkv: int, length: int, dim: int) -> tuple[np.ndarray, 
     return q, k, v
 
 
-def table_row(length: int, hq: int, hkv: int, dim: int, repeats: int, with_triton: bool) -> str:
+def table_row(length: int, hq: int, hkv: int, dim: int, repeats: int, with_triton: bool, preset: str) -> str:
     """Measure one prompt length and format its table row."""
-    policy = rk.ReFreeKV()
+    policy = rk.ReFreeKV.preset(preset)
     numpy_be, torch_be, triton_be = NumpyBackend(), TorchBackend(kernels="torch"), TorchBackend(kernels="triton")
     q, k, v = layer_inputs(hq, hkv, length, dim)
     tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
-    q_win, tq_win = q[:, -8:], tq[:, -8:]  # decide_layer only needs the last w queries
+    rows = policy.query_rows  # decide_layer only needs the last query_rows queries (1 for the paper, w for H2O)
+    q_win, tq_win = q[:, -rows:], tq[:, -rows:]
     ms = best_ms(
         {
             "attention": lambda: torch.nn.functional.scaled_dot_product_attention(
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 8192])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="smollm2")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--preset", choices=list(PRESETS), default="paper")
     args = parser.parse_args(argv)
     hq, hkv, dim = SHAPES[args.shape]
     print(
@@ -106,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         f"triton {triton.__version__} (interpreted)"
     )
     print(
-        f"one layer, shape {args.shape}: Hq={hq}, Hkv={hkv}, D={dim}, w=8, float32; best of {args.repeats} interleaved runs"
+        f"one layer, shape {args.shape}: Hq={hq}, Hkv={hkv}, D={dim}, float32, {rk.ReFreeKV.preset(args.preset)!r}; "
+        f"best of {args.repeats} interleaved runs"
     )
     print("decide time as a share of the layer's full causal prefill attention (lower is better)\n")
     print(
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     smallest = min(args.lengths)
     for length in sorted(args.lengths):
-        print(table_row(length, hq, hkv, dim, args.repeats, with_triton=length == smallest))
+        print(table_row(length, hq, hkv, dim, args.repeats, with_triton=length == smallest, preset=args.preset))
     print(
         "\nThe interpreted-Triton column checks the kernels' code path; its speed says nothing about a GPU "
         "(see bench/gpu_check.py)."

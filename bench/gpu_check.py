@@ -1,9 +1,11 @@
 """One prepared check for a lent NVIDIA GPU: are the Triton kernels right, and are they faster?
 
-1. Correctness: the Triton kernels (``window_scores``, ``halting_curve``) and a whole
-   ``ReFreeKV.decide_layer`` on fresh random inputs, against the numpy reference.
+1. Correctness: the Triton kernels (``window_scores`` on both paths a decision takes: the paper's
+   last row over all keys, ``r = 1, n_cols = L``, and the official script's window, ``r = 8,
+   n_cols = L - 8``; ``halting_curve``) and whole ``decide_layer`` calls of the ``"paper"`` and
+   ``"official-script"`` presets on fresh random inputs, against the numpy reference.
 2. Timing (CUDA only): Triton kernels vs the torch-op path of the same backend, measured with CUDA
-   events side by side in this run, at L = 4k / 16k / 64k with Hq = 32, Hkv = 8, D = 128, w = 8
+   events side by side in this run, at L = 4k / 16k / 64k with Hq = 32, Hkv = 8, D = 128
    (a Llama-3-8B-like layer). Also the peak extra GPU memory each path allocates.
 
 Without a GPU the script runs part 1 at small sizes in Triton's CPU interpreter (it sets
@@ -71,44 +73,61 @@ def kept_mismatch(a: np.ndarray, b: np.ndarray) -> int:
     return sum(len(np.setdiff1d(x, y)) for x, y in zip(a, b))
 
 
+#: The two decisions checked and timed: the paper's method (r = 1 query row, n_cols = L) and the official script's.
+POLICIES = {"paper": rk.ReFreeKV(), "official": rk.ReFreeKV.preset("official-script")}
+
+
+def kernel_errors(q: np.ndarray, k: np.ndarray, device: str, rows: int, n_cols: int) -> tuple[float, float]:
+    """Max abs error of the Triton ``window_scores`` (last ``rows`` queries, ``n_cols`` columns) vs the reference."""
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    q_rows = np.ascontiguousarray(q[:, -rows:])
+    col, last = triton_kernels.window_scores(  # keys stay at Hkv heads; the query view is strided on purpose
+        torch.from_numpy(q).to(device)[:, -rows:], torch.from_numpy(k).to(device), scale, rows, n_cols
+    )
+    ref_col, ref_last = REF.window_scores(q_rows, k, scale, rows, n_cols=n_cols)
+    return float(np.abs(col.cpu().numpy() - ref_col).max()), float(np.abs(last.cpu().numpy() - ref_last).max())
+
+
 def check_one(device: str, hq: int, hkv: int, length: int, dim: int, exact: bool) -> bool:
-    """Kernels and a whole decision vs the numpy reference at one size; prints one line, returns ok."""
+    """Kernels and whole decisions vs the numpy reference at one size; prints one line per path, returns ok."""
     q, k = random_layer(hq, hkv, length, dim, seed=length)
-    scale = 1.0 / np.sqrt(dim)
-    q_d, k_d = torch.from_numpy(q).to(device), torch.from_numpy(k).to(device)
-    col, last = triton_kernels.window_scores(q_d, k_d, scale, 8)  # keys stay at Hkv heads
-    ref_col, ref_last = REF.window_scores(q, k, scale, 8)
-    err_col = float(np.abs(col.cpu().numpy() - ref_col).max())
-    err_last = float(np.abs(last.cpu().numpy() - ref_last).max())
-    a_sorted = np.sort(ref_last, axis=1)
+    errors = {"paper": kernel_errors(q, k, device, 1, length), "official": kernel_errors(q, k, device, 8, length - 8)}
+    a_sorted = np.sort(REF.window_scores(q, k, 1.0 / np.sqrt(dim), 8)[1], axis=1)
     curve = triton_kernels.halting_curve(torch.from_numpy(a_sorted).to(device)).cpu().numpy()
     ref_curve = REF.halting_curve(a_sorted)
     err_curve = float(np.abs(curve - ref_curve).max() / max(ref_curve.max(), 1e-30))
 
-    policy = rk.ReFreeKV()
-    ref_dec = policy.decide_layer(q, k, backend=REF)
-    dec = policy.decide_layer(
-        torch.from_numpy(q).to(device), torch.from_numpy(k).to(device), backend=TorchBackend(kernels="triton")
-    )
-    diff = kept_mismatch(dec.kept, ref_dec.kept)
-    # With tens of thousands of candidates, two scores a float32 rounding apart can sit on either side
-    # of the cut; large sizes may differ by such swaps (at most 0.1% of the kept rows) and e* by one.
-    if exact:
-        same = dec.n_evicted == ref_dec.n_evicted and diff == 0
-    else:
-        same = abs(dec.n_evicted - ref_dec.n_evicted) <= 1 and diff <= 0.001 * dec.kept.size
-    good = err_col < 1e-5 and err_last < 1e-5 and err_curve < 1e-5 and same
-    print(
-        f"  Hq={hq:>2} Hkv={hkv} L={length:>6} D={dim:>3}: col_sum {err_col:.1e}  last_row {err_last:.1e}  "
-        f"curve (rel) {err_curve:.1e}  e* {dec.n_evicted}/{ref_dec.n_evicted}  kept rows differing: {diff}"
-        f"{'' if exact else ' (near-ties allowed)'}  -> {'ok' if good else 'FAIL'}"
-    )
-    return good
+    ok = True
+    for name, policy in POLICIES.items():
+        ref_dec = policy.decide_layer(q, k, backend=REF)
+        dec = policy.decide_layer(
+            torch.from_numpy(q).to(device), torch.from_numpy(k).to(device), backend=TorchBackend(kernels="triton")
+        )
+        diff = kept_mismatch(dec.kept, ref_dec.kept)
+        # With tens of thousands of candidates, two scores a float32 rounding apart can sit on either side
+        # of the cut; large sizes may differ by such swaps (at most 0.1% of the kept rows) and e* by one.
+        if exact:
+            same = dec.n_evicted == ref_dec.n_evicted and diff == 0
+        else:
+            same = abs(dec.n_evicted - ref_dec.n_evicted) <= 1 and diff <= 0.001 * dec.kept.size
+        err_col, err_last = errors[name]
+        good = err_col < 1e-5 and err_last < 1e-5 and err_curve < 1e-5 and same
+        ok &= good
+        print(
+            f"  {name:<8} Hq={hq:>2} Hkv={hkv} L={length:>6} D={dim:>3}: col_sum {err_col:.1e}  last_row {err_last:.1e}  "
+            f"curve (rel) {err_curve:.1e}  e* {dec.n_evicted}/{ref_dec.n_evicted}  kept rows differing: {diff}"
+            f"{'' if exact else ' (near-ties allowed)'}  -> {'ok' if good else 'FAIL'}"
+        )
+    return ok
 
 
 def check_correctness(device: str, sizes: list[tuple[int, int, int, int, bool]]) -> bool:
     """Run :func:`check_one` for every ``(Hq, Hkv, L, D, exact)``; an exception counts as a failure."""
-    print("correctness vs numpy reference (max abs error of the kernels; decisions of ReFreeKV(threshold=0.05))")
+    print(
+        "correctness vs numpy reference (max abs error of the kernels; decisions of the presets): "
+        "paper = window_scores(r=1, n_cols=L) + ReFreeKV(); official = window_scores(r=8, n_cols=L-8) + "
+        "ReFreeKV.preset('official-script')"
+    )
     ok = True
     for size in sizes:
         try:
@@ -152,27 +171,29 @@ def peak_extra_mib(fn, device: str) -> float:
 
 
 def time_length(length: int, hq: int, hkv: int, dim: int, device: str, repeats: int) -> None:
-    """Print three table rows (window_scores, halting_curve, decide_layer) for one prompt length."""
+    """Print the table rows (window_scores on both paths, halting_curve, both decisions) for one prompt length."""
     paths = {"triton": TorchBackend(kernels="triton"), "torch": TorchBackend(kernels="torch")}
-    policy = rk.ReFreeKV()
     q, k = random_layer(hq, hkv, length, dim, seed=length)
     q_d, k_d = torch.from_numpy(q).to(device), torch.from_numpy(k).to(device)
+    q_last = q_d[:, -1:]
     scale = 1.0 / np.sqrt(dim)
     a_sorted = torch.sort(paths["torch"].window_scores(q_d, k_d, scale, 8)[1], dim=-1).values
     ops = {
-        "window_scores": lambda be: be.window_scores(q_d, k_d, scale, 8),
+        "scores r=1,n=L": lambda be: be.window_scores(q_last, k_d, scale, 1, length),
+        "scores r=8,n=L-8": lambda be: be.window_scores(q_d, k_d, scale, 8),
         "halting_curve": lambda be: be.halting_curve(a_sorted),
-        "decide_layer": lambda be: policy.decide_layer(q_d, k_d, backend=be),
+        "decide paper": lambda be: POLICIES["paper"].decide_layer(q_last, k_d, backend=be, layer=2),
+        "decide official": lambda be: POLICIES["official"].decide_layer(q_d, k_d, backend=be),
     }
     for op_name, op in ops.items():
         try:
             ms = {name: median_ms(lambda be=be, op=op: op(be), device, repeats) for name, be in paths.items()}
             mib = {name: peak_extra_mib(lambda be=be, op=op: op(be), device) for name, be in paths.items()}
         except Exception as exc:  # noqa: BLE001 - keep timing the other sizes
-            print(f"{length:>7} {op_name:<15} FAILED: {type(exc).__name__}: {exc}")
+            print(f"{length:>7} {op_name:<17} FAILED: {type(exc).__name__}: {exc}")
             continue
         print(
-            f"{length:>7} {op_name:<15} {ms['triton']:>10.3f} {ms['torch']:>10.3f} {ms['torch'] / ms['triton']:>12.2f}x"
+            f"{length:>7} {op_name:<17} {ms['triton']:>10.3f} {ms['torch']:>10.3f} {ms['torch'] / ms['triton']:>12.2f}x"
             f" {mib['triton']:>11.1f} {mib['torch']:>10.1f}"
         )
 
@@ -180,9 +201,9 @@ def time_length(length: int, hq: int, hkv: int, dim: int, device: str, repeats: 
 def time_paths(lengths: list[int], device: str, hq: int = 32, hkv: int = 8, dim: int = 128, repeats: int = 20) -> None:
     """Print a table: Triton vs torch ops for each fused op and the whole decision, per prompt length."""
     clock = "CUDA events" if device == "cuda" else "perf_counter, Triton INTERPRETED: checks the code path, not speed"
-    print(f"\ntiming ({clock}; median of {repeats}): Hq={hq}, Hkv={hkv}, D={dim}, w=8, float32")
+    print(f"\ntiming ({clock}; median of {repeats}): Hq={hq}, Hkv={hkv}, D={dim}, float32")
     print(
-        f"{'L':>7} {'operation':<15} {'triton ms':>10} {'torch ms':>10} {'torch/triton':>13} {'MiB triton':>11} {'MiB torch':>10}"
+        f"{'L':>7} {'operation':<17} {'triton ms':>10} {'torch ms':>10} {'torch/triton':>13} {'MiB triton':>11} {'MiB torch':>10}"
     )
     for length in lengths:
         time_length(length, hq, hkv, dim, device, repeats)

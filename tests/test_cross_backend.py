@@ -60,8 +60,9 @@ def test_full_cache_answers_agree(models):
     assert float(np.abs(p - q).sum()) < 0.05
 
 
-def test_refreekv_decisions_agree(models):
-    policy = rk.ReFreeKV()
+@pytest.mark.parametrize("preset", ["paper", "official-script"])
+def test_refreekv_decisions_agree(models, preset):
+    policy = rk.ReFreeKV.preset(preset)
     mlx_out, torch_out = _run(models, "mlx", policy), _run(models, "torch", policy)
     mlx_kept, torch_kept = mlx_out.stats["kept_per_layer"], torch_out.stats["kept_per_layer"]
     assert len(mlx_kept) == len(torch_kept) == 30

@@ -217,9 +217,8 @@ class TorchBackend(Backend):
             empty = keys.new_zeros((queries.shape[0], 0), dtype=torch.float32)
             return empty, empty.clone()
         self._follow = keys.device
-        if n != keys.shape[1] - window:  # TODO(kernels): columns inside the window rows need the causal mask
-            return super().window_scores(queries.float(), keys.float(), scale, window, n_cols=n)
-        return self._run_fused("window_scores", queries.float(), keys.float(), scale, window)
+        # n_cols = L - r for the window rankings (H2O, SnapKV); n_cols = L, r = 1 for the paper's recency ranking.
+        return self._run_fused("window_scores", queries.float(), keys.float(), scale, window, n)
 
     def halting_curve(self, a_sorted: torch.Tensor) -> torch.Tensor:
         """See :meth:`refreekv_edu.backend.Backend.halting_curve`: ``(Hq, n) -> (n,)``."""

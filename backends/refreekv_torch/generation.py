@@ -5,7 +5,7 @@ This is the loop :func:`refreekv_edu.generate` runs for a transformers model. It
 is timed on its own:
 
 1. **prefill**: one forward over the prompt into an empty ``DynamicCache``; the compressor's hooks
-   capture the observation window of every layer;
+   capture the last ``policy.query_rows`` attention inputs of every pruned layer;
 2. **decide + compact**: :meth:`Compressor.compact` (see :mod:`.hf_compress`);
 3. **decode**: one token per forward, positions continuing from ``L``; greedy (``temperature=0``) or
    sampled with a seeded generator.

@@ -2,8 +2,9 @@
 
 ReFreeKV needs three things from each attention layer of a transformers model:
 
-1. the **post-RoPE queries** of the last ``w`` prompt positions, recomputed from the layer's
-   input (the model never stores queries);
+1. the **post-RoPE queries** of the last ``r = policy.query_rows`` prompt positions (1 for the
+   paper's recency ranking, the window ``w`` for H2O/SnapKV), recomputed from the layer's input
+   (the model never stores queries);
 2. the **attention scale** the model really uses (Gemma 3 does not use ``1/sqrt(D)``);
 3. whether the layer is a **sliding-window** layer, whose rotating cache we leave alone.
 
@@ -158,23 +159,23 @@ def observation_queries(
     hidden: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
-    """Recompute the post-RoPE queries of the observation window, exactly as the layer did in prefill.
+    """Recompute the post-RoPE queries of the last ``r`` prompt positions, exactly as the layer did in prefill.
 
     Args:
         info: the layer.
-        hidden: ``(1, w, hidden_size)``, the attention input (after ``input_layernorm``) of the last ``w``
-            prompt positions.
-        position_embeddings: ``(cos, sin)``, each ``(1, w, D)``, for the same positions.
+        hidden: ``(1, r, hidden_size)``, the attention input (after ``input_layernorm``) of the last ``r``
+            prompt positions (``r = policy.query_rows``).
+        position_embeddings: ``(cos, sin)``, each ``(1, r, D)``, for the same positions.
 
     Returns:
-        ``(Hq, w, D)`` float32 post-RoPE queries.
+        ``(Hq, r, D)`` float32 post-RoPE queries.
     """
     attn = info.attn
-    batch, w, _ = hidden.shape
-    q = attn.q_proj(hidden).view(batch, w, info.num_heads, info.head_dim)
+    batch, rows, _ = hidden.shape
+    q = attn.q_proj(hidden).view(batch, rows, info.num_heads, info.head_dim)
     if info.q_norm is not None:
         q = info.q_norm(q)  # per-head RMSNorm over D, before RoPE
-    q = q.transpose(1, 2)  # (1, Hq, w, D)
-    cos, sin = (t.unsqueeze(1) for t in position_embeddings)  # (1, 1, w, D)
+    q = q.transpose(1, 2)  # (1, Hq, r, D)
+    cos, sin = (t.unsqueeze(1) for t in position_embeddings)  # (1, 1, r, D)
     q = q * cos + rotate_half(q) * sin
     return q[0].float()

@@ -3,14 +3,19 @@
 How it works, in the order it happens:
 
 1. **Capture** (during prefill). A forward pre-hook on every attention module keeps the
-   last ``w`` rows of the layer's attention input and of its RoPE ``(cos, sin)``. Nothing
-   else is stored; the model runs exactly as it would without us.
-2. **Decide** (after prefill, once per layer). The observation-window queries are recomputed
-   from the captured rows with the layer's own ``q_proj`` / ``q_norm`` / RoPE
-   (:mod:`.hf_adapter`), the post-RoPE keys are read from the cache, and
-   ``policy.decide_layer(Q (Hq, w, D), K (Hkv, L, D))`` picks the rows each KV head keeps.
-3. **Compact**. Each layer's cached keys/values ``(1, Hkv, L, D)`` are gathered down to
-   ``(1, Hkv, n_kept, D)`` in a new :class:`PrunedLayer`; the old tensors are freed.
+   last ``r = policy.query_rows`` rows of the layer's attention input and of its RoPE
+   ``(cos, sin)``: one row for the paper's recency ranking, the window ``w`` for H2O/SnapKV.
+   Layers the policy never prunes (``full_layers``) keep nothing. The model runs exactly as
+   it would without us.
+2. **Decide** (after prefill, once per layer). The last ``r`` queries are recomputed from the
+   captured rows with the layer's own ``q_proj`` / ``q_norm`` / RoPE (:mod:`.hf_adapter`), the
+   post-RoPE keys are read from the cache, and ``policy.decide_layer(Q (Hq, r, D), K (Hkv, L, D))``
+   picks the rows each KV head keeps.
+3. **Compact**. Each pruned layer's cached keys/values ``(1, Hkv, L, D)`` are cut down to
+   ``(1, Hkv, n_kept, D)`` in a new :class:`PrunedLayer`; the old tensors are freed. When every
+   KV head keeps the same positions (always with the recency ranking) that is one
+   ``index_select`` on the row axis; otherwise a per-head gather. A full layer keeps its cache
+   object and tensors untouched.
 4. **Decode**. Two things must stay right although layers now hold fewer rows than tokens seen:
 
    - *positions*: the next token's RoPE position is the number of tokens seen (``L`` after the
@@ -21,7 +26,8 @@ How it works, in the order it happens:
      attention implementation is swapped for a thin wrapper (``"refreekv_sdpa"`` /
      ``"refreekv_eager"``) that builds each layer's own mask from its own key count: every kept row
      is in the past, so the mask is the causal mask aligned to the bottom-right corner (plus the
-     sliding window on sliding layers). The original implementation is restored on exit.
+     sliding window on sliding layers). A full layer still holds one row per token, so its mask is
+     the ordinary causal one. The original implementation is restored on exit.
 
 Gemma 3 sliding-window layers (and any layer with a sliding window) keep their rotating cache
 untouched. ``gqa="expand"`` cannot compact a GQA model (it would need ``Hq`` copies of each KV
@@ -181,11 +187,11 @@ def _base_attention(model: Any) -> str:
 # ---------------------------------------------------------------------------------------- the press
 @dataclass
 class _Captured:
-    """The last ``w`` rows one attention layer saw in prefill."""
+    """The last ``r = policy.query_rows`` rows one attention layer saw in prefill (nothing for a full layer)."""
 
-    hidden: torch.Tensor  # (1, w, hidden_size), attention input (after input_layernorm)
-    cos: torch.Tensor  # (1, w, D)
-    sin: torch.Tensor  # (1, w, D)
+    hidden: torch.Tensor | None  # (1, r, hidden_size), attention input (after input_layernorm); None: full layer
+    cos: torch.Tensor | None  # (1, r, D)
+    sin: torch.Tensor | None  # (1, r, D)
     prompt_len: int
 
 
@@ -299,7 +305,10 @@ class Compressor:
             raise ValueError("refreekv does not support padded inputs; pass the prompt without padding (batch 1)")
 
     def _capture_hook(self, info: hf_adapter.AttentionLayerInfo) -> Callable[..., None]:
-        window = self.policy.window
+        # The queries a decision reads: 1 row for recency, w for H2O/SnapKV. Never policy.window, which
+        # is 0 for the paper, and x[:, -0:] would be the whole prompt.
+        rows = max(1, int(self.policy.query_rows))
+        prunes = self.policy.prunes_layer(info.index)
 
         def hook(module: Any, args: tuple, kwargs: dict) -> None:
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -308,12 +317,15 @@ class Compressor:
                 return
             if info.index < len(cache.layers) and cache.layers[info.index].get_seq_length() > 0:
                 return  # not a prefill for this layer: the cache already holds tokens
-            cos, sin = kwargs["position_embeddings"]
             self._cache = cache
+            if not prunes:  # a full layer: only its length is needed, for the trace
+                self._captured[info.index] = _Captured(None, None, None, prompt_len=int(hidden.shape[1]))
+                return
+            cos, sin = kwargs["position_embeddings"]
             self._captured[info.index] = _Captured(
-                hidden=hidden[:, -window:].detach(),
-                cos=cos[:, -window:].detach(),
-                sin=sin[:, -window:].detach(),
+                hidden=hidden[:, -rows:].detach(),
+                cos=cos[:, -rows:].detach(),
+                sin=sin[:, -rows:].detach(),
                 prompt_len=int(hidden.shape[1]),
             )
 
@@ -337,6 +349,7 @@ class Compressor:
             raise RuntimeError("nothing to compact: run the prefill forward inside the compressor first")
         start = time.perf_counter()
         decisions: list[LayerDecision] = []
+        compacted = False
         full_bytes = 0
         prompt_len = 0
         for info in self.layers:
@@ -353,15 +366,21 @@ class Compressor:
                     "compaction must happen right after a single prefill forward on an empty cache"
                 )
             full_bytes += layer_bytes(layer)
+            if captured.hidden is None:  # a full layer (Appendix B): the cache stays as it is
+                decisions.append(self._full_layer_decision(info, keys))
+                continue
             queries = hf_adapter.observation_queries(info, captured.hidden, (captured.cos, captured.sin))
             k32 = keys[0].float()
             if self.backend.name == "numpy":
                 queries, k32 = queries.cpu().numpy(), k32.cpu().numpy()
             decision = self.policy.decide_layer(queries, k32, scale=info.scale, backend=self.backend, layer=info.index)
-            cache.layers[info.index] = _compacted(layer, decision)
             decisions.append(decision)
+            cache.layers[info.index] = _compacted(layer, decision)
+            compacted = True
         self._captured.clear()
-        if decisions:  # a model whose every layer slides (e.g. Mistral with sliding_window set) keeps its cache
+        # Layers now hold different row counts: each needs its own mask. Without a compacted layer (every
+        # layer full or sliding, e.g. Mistral with sliding_window set) the model's own masks stay right.
+        if compacted:
             self._use_fitted_attention()
         self.stats = CompressionStats(
             prompt_tokens=prompt_len,
@@ -372,6 +391,21 @@ class Compressor:
         )
         self.trace = Trace(layers=decisions, meta=self._meta())
         return self.trace
+
+    def _full_layer_decision(self, info: hf_adapter.AttentionLayerInfo, keys: torch.Tensor) -> LayerDecision:
+        """The policy's decision for a full layer (everything kept), without reading the layer's tensors.
+
+        ``decide_layer`` returns at once for a layer in ``full_layers``, before any attention is computed;
+        it only reads the shapes (``Hq``, ``Hkv``, ``L``). So it gets one-dimensional stand-ins instead of
+        the real queries and keys: no float32 copy and no scan of a large cache for a layer left whole.
+        """
+        _, num_kv_heads, length, _ = keys.shape
+        rows = min(max(1, int(self.policy.query_rows)), length)
+        stand_in_q = np.zeros((info.num_heads, rows, 1), np.float32)
+        stand_in_k = np.zeros((num_kv_heads, length, 1), np.float32)
+        decision = self.policy.decide_layer(stand_in_q, stand_in_k, backend="numpy", layer=info.index)
+        assert decision.full_layer, "a layer the policy does not prune must get a full-layer decision"
+        return decision
 
     def _use_fitted_attention(self) -> None:
         config = self.model.config
@@ -391,20 +425,40 @@ class Compressor:
         }
 
 
+def shared_positions(kept: np.ndarray) -> np.ndarray | None:
+    """The kept positions ``(n_kept,)`` when every head keeps the same ones (always with recency), else ``None``."""
+    kept = np.asarray(kept)
+    return kept[0] if bool((kept == kept[:1]).all()) else None
+
+
+def select_rows(tensor: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+    """``(1, Hkv, L, D) -> (1, Hkv, n_kept, D)``: the same rows for every head, one ``index_select`` on the row axis."""
+    index = torch.as_tensor(positions, dtype=torch.long, device=tensor.device)
+    return tensor.index_select(2, index)
+
+
+def gather_rows(tensor: torch.Tensor, kept: np.ndarray) -> torch.Tensor:
+    """``(1, Hkv, L, D) -> (1, Hkv, n_kept, D)``: head ``h`` keeps rows ``kept[h]`` (one gather, per-head indices)."""
+    batch, num_kv_heads, _, head_dim = tensor.shape
+    index = torch.as_tensor(kept, dtype=torch.long, device=tensor.device)[None, :, :, None]
+    return tensor.gather(2, index.expand(batch, num_kv_heads, kept.shape[1], head_dim))
+
+
 def _compacted(layer: Any, decision: LayerDecision) -> PrunedLayer:
-    """Gather the kept rows of one layer: ``(1, Hkv, L, D) -> (1, Hkv, n_kept, D)``; every head keeps the same count."""
+    """Keep the decided rows of one layer: ``(1, Hkv, L, D) -> (1, Hkv, n_kept, D)``; every head keeps the same count."""
     keys, values = layer.keys, layer.values
     batch, num_kv_heads, length, head_dim = keys.shape
     kept = np.asarray(decision.kept)
     if kept.shape[0] != num_kv_heads:
         raise ValueError(f"decision has {kept.shape[0]} kept sets but the cache has {num_kv_heads} KV heads")
-    index = torch.as_tensor(kept, dtype=torch.long, device=keys.device)[None, :, :, None]
-    index = index.expand(batch, num_kv_heads, kept.shape[1], head_dim)
-    new_keys = keys.gather(2, index).contiguous()
-    new_values = values.gather(2, index).contiguous()
+    positions = shared_positions(kept)
+    if positions is not None:  # one kept set for all heads: a plain row selection, no per-head index tensor
+        new_keys, new_values = select_rows(keys, positions), select_rows(values, positions)
+    else:
+        new_keys, new_values = gather_rows(keys, kept), gather_rows(values, kept)
     assert new_keys.shape == (batch, num_kv_heads, kept.shape[1], head_dim), new_keys.shape
     assert new_values.shape == new_keys.shape
-    return PrunedLayer(new_keys, new_values, logical_length=length)
+    return PrunedLayer(new_keys.contiguous(), new_values.contiguous(), logical_length=length)
 
 
 def compress(model: Any, policy: Any, backend: str | Backend | None = None) -> Compressor:

@@ -1,19 +1,23 @@
 """Triton kernels for the two fused operations of the backend protocol.
 
-1. **Window scores** (steps 2-4 of the algorithm). For every query head we need, over the
-   ``n = L - w`` candidates, the window attention summed over the ``w`` window rows (``col_sum``)
-   and the last row's attention (``last_row``). A softmax row needs its maximum and its sum of
-   exponentials over *all* ``L`` keys before any probability is known, so the kernel runs in two passes:
+1. **Window scores** (Eq. 1 and the window rankings). For every query head we need, over the first
+   ``n_cols`` key positions, the attention of the last ``r`` prompt positions' queries summed over
+   those ``r`` rows (``col_sum``) and the last row's attention (``last_row``). Two calls matter:
+   the paper's recency ranking reads one row over every key (``r = 1``, ``n_cols = L``); the
+   official script's H2O ranking reads ``r = w = 8`` rows over the positions before them
+   (``n_cols = L - w``). A softmax row needs its maximum and its sum of exponentials over *all*
+   ``L`` keys before any probability is known, so the kernel runs in two passes:
 
    - pass 1, :func:`_window_stats_body`: each program streams one chunk of keys in blocks of
      ``BLOCK_L`` and keeps an *online* (running) max and sum-exp per window row (the causal mask
      inside the window is applied here). Chunks of one head run in parallel ("split-K"); torch
      merges the per-chunk statistics into one ``max`` and one ``sum`` of exponentials per row.
-   - pass 2, :func:`_window_probs_body`: each program recomputes the logits of the ``w`` window
-     queries against one block of candidates, turns them into probabilities with
-     ``exp(logit - max) / sum``, and writes the column sums and the last row.
+   - pass 2, :func:`_window_probs_body`: each program recomputes the logits of the ``r`` query
+     rows against one block of the first ``n_cols`` keys, turns them into probabilities with
+     ``exp(logit - max) / sum``, and writes the column sums and the last row. Columns at or after
+     ``L - r`` are the query rows' own positions: the causal mask applies there too.
 
-   Neither pass materialises more than a ``(w, BLOCK_L)`` tile of the window block.
+   Neither pass materialises more than a ``(r, BLOCK_L)`` tile of the ``(r, L)`` attention block.
 
 2. **Halting curve** (step 5). :func:`_reverse_norm_scan_body` computes, per head, the reverse
    cumulative sum of the squared attention, block by block from the end, carrying the total of the
@@ -118,12 +122,12 @@ def _window_stats_body(
 
 
 def _window_probs_body(
-    q_ptr,  # (Hq, w, D) float32
+    q_ptr,  # (Hq, r, D) float32
     k_ptr,  # (Hkv, L, D) float32; query head h reads KV head h // groups
-    row_max_ptr,  # (Hq, w) float32 contiguous: each window row's max logit over all L keys
-    row_sum_ptr,  # (Hq, w) float32 contiguous: each window row's sum of exp(logit - max)
-    col_sum_ptr,  # out (Hq, n) float32 contiguous
-    last_row_ptr,  # out (Hq, n) float32 contiguous
+    row_max_ptr,  # (Hq, r) float32 contiguous: each query row's max logit over all L keys
+    row_sum_ptr,  # (Hq, r) float32 contiguous: each query row's sum of exp(logit - max)
+    col_sum_ptr,  # out (Hq, n_cols) float32 contiguous
+    last_row_ptr,  # out (Hq, n_cols) float32 contiguous
     stride_qh,
     stride_qw,
     stride_qd,
@@ -131,8 +135,9 @@ def _window_probs_body(
     stride_kl,
     stride_kd,
     groups,  # G = Hq / Hkv
-    n_cand,  # n = L - w
-    window,
+    n_cols,  # columns reported: the first n_cols key positions (L - r for H2O, L for the paper)
+    length,  # L
+    window,  # r, the query rows
     head_dim,
     scale,
     BLOCK_W: tl.constexpr,
@@ -151,23 +156,27 @@ def _window_probs_body(
     )
     k = tl.load(
         k_ptr + (head // groups) * stride_kh + cols[:, None] * stride_kl + dims[None, :] * stride_kd,
-        mask=(cols[:, None] < n_cand) & (dims[None, :] < head_dim),
+        mask=(cols[:, None] < n_cols) & (dims[None, :] < head_dim),
         other=0.0,
     )
     logits = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+    # Row i is the query of position L - r + i: it sees keys up to its own position. Only columns at or
+    # after L - r can be hidden (never when n_cols <= L - r); masking before exp keeps a future key's
+    # logit, which may exceed the row's max, from overflowing.
+    row_pos = length - window + rows
+    visible = (rows[:, None] < window) & (cols[None, :] < n_cols) & (cols[None, :] <= row_pos[:, None])
+    logits = tl.where(visible, logits, float("-inf"))
     row_max = tl.load(row_max_ptr + head * window + rows, mask=rows < window, other=0.0)
     row_sum = tl.load(row_sum_ptr + head * window + rows, mask=rows < window, other=1.0)
-    # Candidates precede every window position, so no causal mask is needed in this pass.
-    unnormalised = tl.exp(logits - row_max[:, None])
+    unnormalised = tl.exp(logits - row_max[:, None])  # exp(-inf) = 0 for hidden and padded entries
     # Flush subnormal results to exactly 0, as GPU exp does and the numpy reference mimics, so that
     # fully underflowed candidates tie at 0 on every backend (and ties break the same way).
     unnormalised = tl.where(unnormalised < FLOAT32_TINY, 0.0, unnormalised)
     probs = unnormalised / row_sum[:, None]
-    probs = tl.where((rows[:, None] < window) & (cols[None, :] < n_cand), probs, 0.0)
     col_sum = tl.sum(probs, axis=0)
     last_row = tl.sum(tl.where(rows[:, None] == window - 1, probs, 0.0), axis=0)
-    tl.store(col_sum_ptr + head * n_cand + cols, col_sum, mask=cols < n_cand)
-    tl.store(last_row_ptr + head * n_cand + cols, last_row, mask=cols < n_cand)
+    tl.store(col_sum_ptr + head * n_cols + cols, col_sum, mask=cols < n_cols)
+    tl.store(last_row_ptr + head * n_cols + cols, last_row, mask=cols < n_cols)
 
 
 def _reverse_norm_scan_body(
@@ -225,7 +234,7 @@ def compiled(interpreted: bool) -> SimpleNamespace:
 #: Argument types of each kernel, for compiling without a GPU (see :func:`compile_offline`).
 _SIGNATURES = {
     "window_stats": ["*fp32"] * 4 + ["i32"] * 10 + ["fp32", "i32"],
-    "window_probs": ["*fp32"] * 6 + ["i32"] * 10 + ["fp32"],
+    "window_probs": ["*fp32"] * 6 + ["i32"] * 11 + ["fp32"],
     "reverse_norm_scan": ["*fp32", "*fp32", "i32"],
 }
 
@@ -276,28 +285,30 @@ def _pow2_at_least(x: int, floor: int = 16) -> int:
 
 # ----------------------------------------------------------------------------- launchers
 def window_scores(
-    queries: torch.Tensor, keys: torch.Tensor, scale: float, window: int
+    queries: torch.Tensor, keys: torch.Tensor, scale: float, window: int, n_cols: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of :meth:`refreekv_edu.backend.Backend.window_scores`.
 
     Args:
-        queries: ``(Hq, w, D)`` float32.
-        keys: ``(Hkv, L, D)`` float32 on the same device, ``L > w``, ``Hq`` a multiple of ``Hkv``
+        queries: ``(Hq, r, D)`` float32, the queries of the last ``r`` prompt positions.
+        keys: ``(Hkv, L, D)`` float32 on the same device, ``r <= L``, ``Hq`` a multiple of ``Hkv``
             (query head ``h`` reads KV head ``h // G``; keys are never copied ``G`` times).
         scale: attention scale.
-        window: ``w``.
+        window: ``r``.
+        n_cols: columns to report, ``1 <= n_cols <= L``; default ``L - r``.
 
     Returns:
-        ``(col_sum, last_row)``, both ``(Hq, n)`` float32, ``n = L - w``.
+        ``(col_sum, last_row)``, both ``(Hq, n_cols)`` float32.
     """
     heads, w, head_dim = queries.shape
     length = keys.shape[1]
-    n = length - window
+    n = length - window if n_cols is None else int(n_cols)
     kv_heads = keys.shape[0]
-    if w != window or kv_heads == 0 or heads % kv_heads or keys.shape[2] != head_dim or n <= 0:
+    shapes_ok = w == window and 0 < window <= length and kv_heads > 0 and heads % kv_heads == 0
+    if not shapes_ok or keys.shape[2] != head_dim or not 0 < n <= length:
         raise KernelInputError(
-            f"window_scores expects queries (Hq, w={window}, D) and keys (Hkv, L > w, D) with Hkv dividing Hq; "
-            f"got {tuple(queries.shape)} and {tuple(keys.shape)}"
+            f"window_scores expects queries (Hq, r={window}, D) and keys (Hkv, L >= r, D) with Hkv dividing Hq "
+            f"and 1 <= n_cols <= L; got {tuple(queries.shape)}, {tuple(keys.shape)} and n_cols={n}"
         )
     kernels = _kernels_for(keys)
     block_w, block_d = _pow2_at_least(window), _pow2_at_least(head_dim)
@@ -313,8 +324,8 @@ def window_scores(
         length, window, head_dim, float(scale), chunk_len,
         BLOCK_W=block_w, BLOCK_L=BLOCK_L, BLOCK_D=block_d,
     )  # fmt: skip
-    # Merge the chunks' online statistics: one max and one sum of exponentials per window row.
-    row_max = run_max.amax(dim=1).contiguous()  # (Hq, w); finite, since key 0 is visible to every row
+    # Merge the chunks' online statistics: one max and one sum of exponentials per query row.
+    row_max = run_max.amax(dim=1).contiguous()  # (Hq, r); finite, since key 0 is visible to every row
     row_sum = (run_sum * torch.exp(run_max - row_max[:, None, :])).sum(dim=1).contiguous()
 
     col_sum = torch.empty((heads, n), dtype=torch.float32, device=keys.device)
@@ -322,7 +333,7 @@ def window_scores(
     kernels.window_probs[(heads, triton.cdiv(n, BLOCK_L))](
         queries, keys, row_max, row_sum, col_sum, last_row,
         *queries.stride(), *keys.stride(), heads // kv_heads,
-        n, window, head_dim, float(scale),
+        n, length, window, head_dim, float(scale),
         BLOCK_W=block_w, BLOCK_L=BLOCK_L, BLOCK_D=block_d,
     )  # fmt: skip
     return col_sum, last_row

@@ -8,6 +8,8 @@ What is checked, and why it proves the integration right:
    keys are masked out per layer and per KV head (a custom attention function). This proves the
    gather, the positions (RoPE continues at the prompt length) and the per-layer masks together.
 3. The cache really shrinks: per-layer tensors have ``(1, Hkv, n_kept, D)`` and the bytes follow.
+4. Every preset of the core (``paper``, ``sinks-in-metric``, ``h2o-ranking``, ``official-script``) on every
+   family: full layers keep their original tensors, pruned layers hold exactly the kept rows, and (2) holds.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from transformers import (  # noqa: E402
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 
 import refreekv_edu as rk  # noqa: E402
+from refreekv_edu.policies import PRESETS  # noqa: E402
 
 PROMPT_LEN = 48
+PRESET_NAMES = tuple(PRESETS)  # paper, sinks-in-metric, h2o-ranking, official-script
 FAMILIES = {
     "llama": (LlamaConfig, {}),
     "mistral": (MistralConfig, {"sliding_window": None}),  # like Mistral-7B v0.2+: full attention
@@ -46,10 +50,12 @@ FAMILIES = {
 }
 
 
-def tiny_model(family: str, attn: str = "sdpa", heads: int = 4, kv_heads: int = 2, seed: int = 0):
+def tiny_model(family: str, attn: str = "sdpa", heads: int = 4, kv_heads: int = 2, seed: int = 0, layers: int = 2):
     config_cls, extra = FAMILIES[family]
+    if "layer_types" in extra:  # repeat the family's pattern over `layers` layers
+        extra = {**extra, "layer_types": (extra["layer_types"] * layers)[:layers]}
     config = config_cls(
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         hidden_size=64,
         intermediate_size=128,
         num_attention_heads=heads,
@@ -118,31 +124,46 @@ def _decode_logits(model, cache, tokens):
 @pytest.mark.parametrize(
     ("family", "policy", "attn"),
     [
-        ("llama", rk.ReFreeKV(threshold=0.3), "sdpa"),
+        ("llama", rk.ReFreeKV.preset("official-script", threshold=0.3), "sdpa"),
         ("llama", rk.FixedBudget(budget=0.5, ranking="snapkv"), "eager"),
         ("mistral", rk.FixedBudget(budget=0.5), "sdpa"),
-        ("qwen2", rk.ReFreeKV(threshold=0.3), "sdpa"),
+        ("qwen2", rk.ReFreeKV.preset("official-script", threshold=0.3), "sdpa"),
         ("qwen3", rk.FixedBudget(budget=0.4), "sdpa"),
-        ("gemma3", rk.ReFreeKV(threshold=0.3), "sdpa"),
-        ("gemma3", rk.FixedBudget(budget=0.5, ranking="position"), "eager"),
+        ("gemma3", rk.ReFreeKV.preset("official-script", threshold=0.3), "sdpa"),
+        ("gemma3", rk.FixedBudget(budget=0.5, ranking="recency"), "eager"),
+        ("llama", rk.FixedBudget(budget=0.5, ranking="recency", sinks=4, window=0), "eager"),  # StreamingLLM
     ],
+    ids=repr,
 )
 def test_pruned_decode_equals_full_cache_with_evicted_keys_masked(family, policy, attn):
     model = tiny_model(family, attn=attn)
-    ids = prompt_ids()
-    follow = prompt_ids(8, seed=7)  # the tokens both runs decode (teacher forcing)
+    run = _pruned_masked_and_full_runs(model, policy, prompt_ids(), prompt_ids(8, seed=7))
+    assert any(d.n_evicted > 0 for d in run["trace"].layers), "the test needs real evictions"
+    torch.testing.assert_close(run["pruned"], run["reference"], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(run["pruned"], run["full"], atol=1e-4), (
+        "pruning should change the logits (else the test proves nothing)"
+    )
 
+
+def _pruned_masked_and_full_runs(model, policy, ids, follow) -> dict:
+    """Teacher-force ``follow`` after the prompt ``ids`` three ways: the compacted cache, the full cache with the
+    evicted keys masked out (the reference), and the plain full cache. Also returns the trace, the compacted cache
+    and a plain prefill's cache, and ``(layer, keys, values)`` of every cache layer before and after compaction."""
     with torch.no_grad():
         press = hf_compress.Compressor(model, policy, auto=False)
         with press:
             cache = DynamicCache(config=model.config)
             model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+            captured_rows = {i: (c.hidden.shape[1] if c.hidden is not None else 0) for i, c in press._captured.items()}
+            before = [(layer, layer.keys, layer.values) for layer in cache.layers]
             trace = press.compact(cache)
+            after = [(layer, layer.keys, layer.values) for layer in cache.layers]  # before decoding appends
             pruned = _decode_logits(model, cache, follow)
-        assert any(d.n_evicted > 0 for d in trace.layers), "the test needs real evictions"
 
         full_cache = DynamicCache(config=model.config)
         model(input_ids=torch.tensor([ids]), cache=full_cache, use_cache=True)
+        prefill = DynamicCache(config=model.config)  # a plain prefill, kept as it is to compare tensors
+        model(input_ids=torch.tensor([ids]), cache=prefill, use_cache=True)
         evicted = {d.layer: torch.as_tensor(d.evicted_mask()) for d in trace.layers}
         saved = model.config._attn_implementation
         groups = model.config.num_attention_heads // model.config.num_key_value_heads
@@ -155,11 +176,10 @@ def test_pruned_decode_equals_full_cache_with_evicted_keys_masked(family, policy
         plain_cache = DynamicCache(config=model.config)
         model(input_ids=torch.tensor([ids]), cache=plain_cache, use_cache=True)
         full = _decode_logits(model, plain_cache, follow)
-
-    torch.testing.assert_close(pruned, reference, atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(pruned, full, atol=1e-4), (
-        "pruning should change the logits (else the test proves nothing)"
-    )
+    return {
+        "pruned": pruned, "reference": reference, "full": full, "trace": trace, "press": press,
+        "before": before, "after": after, "prefill": prefill, "captured_rows": captured_rows,
+    }  # fmt: skip
 
 
 # -------------------------------------------------------------------------------- (3) memory really freed
@@ -231,7 +251,7 @@ def test_positions_continue_at_prompt_length():
 def test_hf_generate_inside_compress_matches_our_generate():
     model = tiny_model("qwen3")
     ids = prompt_ids()
-    policy = rk.ReFreeKV(threshold=0.3)
+    policy = rk.ReFreeKV.preset("official-script", threshold=0.3)
     ours = generation.generate(model, None, ids, policy, max_new_tokens=16)
     with hf_compress.compress(model, policy) as press:
         theirs = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids) :].tolist()
@@ -244,7 +264,9 @@ def test_hf_generate_inside_compress_matches_our_generate():
 
 def test_top_level_generate_dispatches_and_fills_stats():
     model = tiny_model("llama")
-    result = rk.generate(model, None, prompt_ids(), policy=rk.ReFreeKV(threshold=0.3), max_new_tokens=4)
+    result = rk.generate(
+        model, None, prompt_ids(), policy=rk.ReFreeKV.preset("official-script", threshold=0.3), max_new_tokens=4
+    )
     assert isinstance(result, rk.GenerationResult)
     from refreekv_edu.generate import STATS_KEYS
 
@@ -259,7 +281,9 @@ def test_sampling_is_seeded():
     model = tiny_model("llama")
     ids = prompt_ids()
     runs = [
-        generation.generate(model, None, ids, rk.ReFreeKV(), max_new_tokens=12, temperature=1.0, seed=s)
+        generation.generate(
+            model, None, ids, rk.ReFreeKV.preset("official-script"), max_new_tokens=12, temperature=1.0, seed=s
+        )
         for s in (3, 3, 4)
     ]
     assert runs[0].tokens == runs[1].tokens
@@ -303,7 +327,8 @@ def test_multi_token_step_after_compaction_equals_single_steps(family, attn):
     ids, follow = prompt_ids(), prompt_ids(4, seed=9)
     logits = []
     for chunked in (False, True):
-        with torch.no_grad(), hf_compress.Compressor(model, rk.ReFreeKV(threshold=0.3), auto=False) as press:
+        policy = rk.ReFreeKV.preset("official-script", threshold=0.3)
+        with torch.no_grad(), hf_compress.Compressor(model, policy, auto=False) as press:
             cache = DynamicCache(config=model.config)
             model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
             press.compact(cache)
@@ -322,7 +347,143 @@ def test_sliding_window_only_model_is_left_alone():
     model.generation_config.eos_token_id = None
     ids = prompt_ids()
     expected = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids) :].tolist()
-    result = generation.generate(model, None, ids, rk.ReFreeKV(threshold=0.3), max_new_tokens=8)
+    result = generation.generate(
+        model, None, ids, rk.ReFreeKV.preset("official-script", threshold=0.3), max_new_tokens=8
+    )
     assert result.tokens == expected
     assert result.trace.layers == [] and result.trace.meta["sliding_layers"] == [0, 1]
     assert result.stats["kv_bytes_kept"] == result.stats["kv_bytes_full"]
+
+
+# -------------------------------------------------------------------------------- (4) every preset
+PRESET_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+
+
+def _layer_kinds(model, policy) -> dict[str, list[int]]:
+    info = hf_adapter.attention_layers(model)
+    return {
+        "sliding": [i.index for i in info if i.is_sliding],
+        "full": [i.index for i in info if not i.is_sliding and not policy.prunes_layer(i.index)],
+        "pruned": [i.index for i in info if not i.is_sliding and policy.prunes_layer(i.index)],
+    }
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+@pytest.mark.parametrize("family", PRESET_FAMILIES)
+def test_every_preset_on_every_family(family, preset):
+    """Four layers, so that the paper's full layers 0-1 and pruned layers 2-3 meet in one model.
+
+    The threshold is raised to 0.3 for every preset: at the paper's 1%, a random tiny model's near-uniform
+    attention over 48 keys lets no candidate go (ratio(e) ~ e / 2n), and this test checks the integration
+    (what is kept, where, and how decoding reads it), not the threshold. The presets' other fields stay.
+    """
+    policy = rk.ReFreeKV.preset(preset, threshold=0.3)
+    model = tiny_model(family, layers=4)
+    ids = prompt_ids()
+    kinds = _layer_kinds(model, policy)
+    assert kinds["pruned"], "the test needs a pruned layer"
+    run = _pruned_masked_and_full_runs(model, policy, ids, prompt_ids(8, seed=7))
+    trace, press, prefill = run["trace"], run["press"], run["prefill"]
+    decided = {d.layer: d for d in trace.layers}
+    assert sorted(decided) == sorted(kinds["full"] + kinds["pruned"])  # sliding layers: no decision
+
+    # capture: exactly policy.query_rows query rows per pruned layer (1 for recency, never the whole prompt),
+    # nothing for a full layer
+    expected_rows = {i: policy.query_rows for i in kinds["pruned"]} | dict.fromkeys(kinds["full"], 0)
+    assert run["captured_rows"] == expected_rows
+
+    for index in kinds["full"] + kinds["sliding"]:  # untouched: the same layer object, the same tensors
+        (layer, keys, values), (original, original_keys, original_values) = run["after"][index], run["before"][index]
+        assert layer is original and not isinstance(layer, hf_compress.PrunedLayer)
+        assert keys is original_keys and values is original_values  # no copy
+        torch.testing.assert_close(keys, prefill.layers[index].keys, rtol=0, atol=0)
+        torch.testing.assert_close(values, prefill.layers[index].values, rtol=0, atol=0)
+        if index in kinds["full"]:
+            assert keys.shape[-2] == values.shape[-2] == len(ids)  # every prompt row
+    for index in kinds["full"]:
+        d = decided[index]
+        assert d.full_layer and d.budget == 1.0 and d.n_evicted == 0 and d.n_kept == len(ids)
+        assert press.stats.kept_per_layer[index] == len(ids)  # counted at 100%
+    for index in kinds["pruned"]:  # exactly the kept rows, head by head, in position order
+        d, (layer, keys, values) = decided[index], run["after"][index]
+        assert isinstance(layer, hf_compress.PrunedLayer) and not d.full_layer
+        assert layer.prompt_rows == d.n_kept and keys.shape[-2] == values.shape[-2] == d.n_kept
+        assert press.stats.kept_per_layer[index] == d.n_kept
+        original = prefill.layers[index]
+        for h in range(d.kept.shape[0]):
+            rows = torch.as_tensor(d.kept[h])
+            torch.testing.assert_close(keys[0, h], original.keys[0, h, rows], rtol=0, atol=0)
+            torch.testing.assert_close(values[0, h], original.values[0, h, rows], rtol=0, atol=0)
+        assert d.kept[0, : policy.sinks].tolist() == list(range(policy.sinks))  # sinks always kept
+        if policy.ranking == "recency":  # one kept set for every head: the newest positions
+            assert (d.kept == d.kept[:1]).all()
+            assert d.kept[0, policy.sinks :].tolist() == list(range(len(ids) - d.n_kept + policy.sinks, len(ids)))
+    assert any(decided[i].n_evicted > 0 for i in kinds["pruned"]), "the test needs real evictions"
+    mean = np.mean([decided[i].budget for i in decided])
+    np.testing.assert_allclose(trace.mean_budget, mean, rtol=1e-6)
+
+    torch.testing.assert_close(run["pruned"], run["reference"], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(run["pruned"], run["full"], atol=1e-4), "pruning should change the logits"
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_presets_as_published_run_end_to_end(preset):
+    """Each preset with its own threshold, through rk.generate: full layers at 100% in the stats, bytes consistent."""
+    policy = rk.ReFreeKV.preset(preset)
+    model = tiny_model("llama", layers=4)
+    result = rk.generate(model, None, prompt_ids(), policy=policy, max_new_tokens=4)
+    assert len(result.trace.layers) == 4 and len(result.tokens) == 4
+    for d in result.trace.layers:
+        assert d.full_layer == (d.layer in policy.full_layers)
+        assert result.stats["kept_per_layer"][d.layer] == d.n_kept
+    for index in policy.full_layers:
+        assert result.stats["kept_per_layer"][index] == PROMPT_LEN
+    row_bytes = 2 * 2 * 16 * 4  # keys + values, Hkv = 2, D = 16, float32
+    assert result.stats["kv_bytes_full"] == 4 * PROMPT_LEN * row_bytes
+    assert result.stats["kv_bytes_kept"] == sum(result.stats["kept_per_layer"]) * row_bytes
+
+
+def test_model_of_full_layers_only_is_left_alone():
+    """The paper on a two-layer model: both layers are full, nothing is copied and the attention stays the model's."""
+    model = tiny_model("llama", layers=2)
+    ids = prompt_ids()
+    expected = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids) :].tolist()
+    with torch.no_grad(), hf_compress.Compressor(model, rk.ReFreeKV(), auto=False) as press:
+        cache = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+        layers = [(layer, layer.keys.data_ptr()) for layer in cache.layers]
+        trace = press.compact(cache)
+        assert model.config._attn_implementation == "sdpa"  # no compacted layer: no fitted masks needed
+        assert all(cache.layers[i] is layer and layer.keys.data_ptr() == ptr for i, (layer, ptr) in enumerate(layers))
+    assert [d.full_layer for d in trace.layers] == [True, True] and trace.budgets.tolist() == [1.0, 1.0]
+    result = generation.generate(model, None, ids, rk.ReFreeKV(), max_new_tokens=8)
+    assert result.tokens == expected and result.stats["kv_bytes_kept"] == result.stats["kv_bytes_full"]
+
+
+def test_single_slice_equals_per_head_gather(monkeypatch):
+    """Recency keeps one set for all heads: one index_select at Hkv heads, equal to the per-head gather."""
+    keys = torch.randn(1, 3, 40, 16)
+    positions = np.array([0, 1, 2, 3, *range(25, 40)])
+    kept = np.stack([positions] * 3)
+    assert hf_compress.shared_positions(kept) is not None
+    torch.testing.assert_close(
+        hf_compress.select_rows(keys, positions), hf_compress.gather_rows(keys, kept), rtol=0, atol=0
+    )
+    per_head = np.stack([positions, positions, np.array([0, 1, 2, 4, *range(25, 40)])])
+    assert hf_compress.shared_positions(per_head) is None
+
+    # In a real compaction: the paper's decisions take the single-slice path, H2O's per-head ones the gather.
+    calls = []
+    for name in ("select_rows", "gather_rows"):
+        original = getattr(hf_compress, name)
+        monkeypatch.setattr(hf_compress, name, lambda *a, _name=name, _f=original: calls.append(_name) or _f(*a))
+    model = tiny_model("qwen2", layers=3)
+    ids = prompt_ids()
+    for preset, path in (("paper", "select_rows"), ("h2o-ranking", "gather_rows")):
+        calls.clear()
+        policy = rk.ReFreeKV.preset(preset, threshold=0.3)
+        with torch.no_grad(), hf_compress.Compressor(model, policy, auto=False) as press:
+            cache = DynamicCache(config=model.config)
+            model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+            press.compact(cache)
+        assert calls == [path, path], (preset, calls)  # keys and values of layer 2

@@ -97,10 +97,14 @@ def test_small_ops_match_reference():
 @pytest.mark.parametrize("case", [c for c in CASES if c not in {"short", "equal"}])
 def test_torch_fused_ops_match_reference(case):
     q, k = make_case(case)
-    col, last = BE.window_scores(BE.asarray(q), BE.asarray(k), 0.25, 8)  # (Hkv, L, D) keys, grouped
-    ref_col, ref_last = REF.window_scores(q, k, 0.25, 8)
-    np.testing.assert_allclose(_t(col), ref_col, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(_t(last), ref_last, rtol=1e-5, atol=1e-7)
+    length = k.shape[1]
+    # (r, n_cols): the official script's window (8, L - 8), the paper's last row (1, L), 8 rows over all L keys
+    for rows, n_cols in ((8, None), (1, length), (8, length)):
+        q_rows = np.ascontiguousarray(q[:, -rows:])
+        col, last = BE.window_scores(BE.asarray(q_rows), BE.asarray(k), 0.25, rows, n_cols)  # keys at Hkv heads
+        ref_col, ref_last = REF.window_scores(q_rows, k, 0.25, rows, n_cols=n_cols)
+        np.testing.assert_allclose(_t(col), ref_col, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(_t(last), ref_last, rtol=1e-5, atol=1e-7)
     a_sorted = np.sort(ref_last, axis=1)
     np.testing.assert_allclose(_t(BE.halting_curve(BE.asarray(a_sorted))), REF.halting_curve(a_sorted), rtol=1e-5)
 
@@ -114,10 +118,14 @@ def test_window_scores_without_candidates_is_empty():
 @pytest.mark.parametrize(
     "policy",
     [
+        rk.ReFreeKV.preset("official-script"),
+        rk.ReFreeKV.preset("official-script", gqa="expand"),
+        rk.ReFreeKV.preset("official-script", ranking="snapkv"),
+        rk.ReFreeKV.preset("official-script", ranking="recency", threshold=0.2),
         rk.ReFreeKV(),
-        rk.ReFreeKV(gqa="expand"),
-        rk.ReFreeKV(ranking="snapkv"),
-        rk.ReFreeKV(ranking="position", threshold=0.2),
+        rk.ReFreeKV.preset("paper", threshold=0.2, gqa="expand"),
+        rk.ReFreeKV.preset("sinks-in-metric"),
+        rk.ReFreeKV.preset("h2o-ranking", threshold=0.2),
     ],
     ids=repr,
 )
@@ -130,21 +138,24 @@ def test_decide_layer_on_torch_tensors_matches_reference(case, policy):
     np.testing.assert_allclose(got.curve, ref.curve, rtol=1e-4, atol=2e-6)
 
 
-def test_decide_layer_accepts_batch_one_and_longer_query_block():
+@pytest.mark.parametrize("preset", ["official-script", "paper"])
+def test_decide_layer_accepts_batch_one_and_longer_query_block(preset):
+    policy = rk.ReFreeKV.preset(preset)
     q, k = make_case("gqa")
-    q_long = np.concatenate([np.ones((6, 3, 16), np.float32), q], axis=1)  # m = 11 > w: only the last 8 count
-    ref = rk.ReFreeKV().decide_layer(q, k)
-    got = rk.ReFreeKV().decide_layer(torch.from_numpy(q_long)[None], torch.from_numpy(k)[None], backend=BE)
+    q_long = np.concatenate([np.ones((6, 3, 16), np.float32), q], axis=1)  # r = 11: only the last query_rows count
+    ref = policy.decide_layer(q, k)
+    got = policy.decide_layer(torch.from_numpy(q_long)[None], torch.from_numpy(k)[None], backend=BE)
     np.testing.assert_array_equal(got.kept, ref.kept)
     with pytest.raises(ValueError, match="batch size 2"):
-        rk.ReFreeKV().decide_layer(torch.zeros(2, 6, 8, 16), torch.zeros(2, 2, 50, 16), backend=BE)
+        policy.decide_layer(torch.zeros(2, 6, 8, 16), torch.zeros(2, 2, 50, 16), backend=BE)
 
 
 def test_flat_case_agrees_up_to_one_ulp_near_ties():
     """Near-uniform attention: orders may differ only among candidates whose reference scores are (almost) tied."""
     q, k = make_case("flat")
-    ref = rk.ReFreeKV().decide_layer(q, k)
-    got = rk.ReFreeKV().decide_layer(torch.from_numpy(q), torch.from_numpy(k), backend=BE)
+    policy = rk.ReFreeKV.preset("official-script")
+    ref = policy.decide_layer(q, k)
+    got = policy.decide_layer(torch.from_numpy(q), torch.from_numpy(k), backend=BE)
     np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-6)
     ref_scores_in_got_order = np.take_along_axis(ref.scores, got.order, axis=1)
     assert np.all(np.diff(ref_scores_in_got_order, axis=1) >= -1e-6 * ref.scores.max())

@@ -133,9 +133,49 @@ def test_window_scores_take_strided_inputs():
     np.testing.assert_allclose(last.cpu().numpy(), ref_last, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "rows", "length", "n_cols"),
+    [
+        (4, 2, 1, 70, 70),  # the paper: the last row over all L keys, GQA G = 2, L not a multiple of the block
+        (6, 2, 1, 64, 64),  # r = 1, L exactly one block, G = 3
+        (4, 2, 8, 70, 70),  # 8 rows over all L: the last 8 columns are the rows' own positions (causal)
+        (4, 2, 8, 70, 62),  # n_cols = L - r, given explicitly (the official script's default)
+        (2, 2, 8, 130, 126),  # n_cols between L - r and L: columns 122..125 partly masked; MHA
+        (8, 2, 8, 9, 9),  # L = r + 1, G = 4
+        (3, 1, 1, 1, 1),  # a one-token prompt: the single row sees only itself
+        (2, 1, 8, 8, 8),  # r = L: row 0 (position 0) sees one key
+        (1, 1, 16, 200, 200),  # r = BLOCK_W, several column blocks, the mask in the last block only
+    ],
+)
+def test_window_scores_n_cols_match_reference(heads, kv_heads, rows, length, n_cols):
+    rng = np.random.default_rng(length * 31 + rows)
+    q = rng.standard_normal((heads, rows, 24)).astype(np.float32)
+    k = rng.standard_normal((kv_heads, length, 24)).astype(np.float32)
+    col, last = triton_kernels.window_scores(_dev(q), _dev(k), 0.3, rows, n_cols)
+    ref_col, ref_last = REF.window_scores(q, k, 0.3, rows, n_cols=n_cols)
+    assert col.shape == last.shape == (heads, n_cols)
+    np.testing.assert_allclose(col.cpu().numpy(), ref_col, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(last.cpu().numpy(), ref_last, rtol=1e-5, atol=1e-7)
+    if rows == 1 and n_cols == length:  # one softmax row per head over every key: it sums to 1
+        np.testing.assert_allclose(last.sum(dim=1).cpu().numpy(), 1.0, rtol=1e-5)
+
+
+def test_window_scores_n_cols_over_key_chunks(monkeypatch):
+    # The paper path at a length that spans several pass-1 chunks, with the last chunk partly filled.
+    monkeypatch.setattr(triton_kernels, "STATS_CHUNK", 128)
+    rng = np.random.default_rng(5)
+    q, k = rng.standard_normal((4, 1, 16)).astype(np.float32), rng.standard_normal((2, 300, 16)).astype(np.float32)
+    col, last = triton_kernels.window_scores(_dev(q), _dev(k), 0.25, 1, 300)
+    ref_col, ref_last = REF.window_scores(q, k, 0.25, 1, n_cols=300)
+    np.testing.assert_allclose(col.cpu().numpy(), ref_col, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(last.cpu().numpy(), ref_last, rtol=1e-5, atol=1e-7)
+
+
 def test_window_scores_reject_bad_shapes():
     with pytest.raises(ValueError, match="window_scores expects"):
         triton_kernels.window_scores(torch.zeros(2, 8, 16), torch.zeros(3, 20, 16), 0.25, 8)
+    with pytest.raises(ValueError, match="n_cols"):
+        triton_kernels.window_scores(torch.zeros(2, 1, 16), torch.zeros(2, 20, 16), 0.25, 1, 21)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 1), (4, 7), (2, 64), (5, 129), (2, 3000)])
@@ -172,7 +212,14 @@ def test_device_cut_matches_core_cut(threshold):
 @pytest.mark.parametrize("case", STRICT)
 @pytest.mark.parametrize(
     "policy",
-    [rk.ReFreeKV(), rk.ReFreeKV(threshold=0.3, gqa="expand"), rk.FixedBudget(budget=0.4, ranking="snapkv")],
+    [
+        rk.ReFreeKV.preset("official-script"),
+        rk.ReFreeKV.preset("official-script", threshold=0.3, gqa="expand"),
+        rk.FixedBudget(budget=0.4, ranking="snapkv"),
+        rk.ReFreeKV(),  # the paper: r = 1, n_cols = L through the kernels
+        rk.ReFreeKV.preset("sinks-in-metric", threshold=0.05),
+        rk.ReFreeKV.preset("h2o-ranking", gqa="expand"),
+    ],
     ids=repr,
 )
 def test_decisions_with_triton_kernels_match_reference(case, policy):
@@ -186,16 +233,23 @@ def test_decisions_with_triton_kernels_match_reference(case, policy):
     np.testing.assert_allclose(got.last_attn, ref.last_attn, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["short", "equal"])
-def test_prompts_without_candidates_never_launch_a_kernel(monkeypatch, case):
+@pytest.mark.parametrize(
+    ("case", "preset"), [("short", "official-script"), ("equal", "official-script"), ("tiny", "paper")]
+)
+def test_prompts_without_candidates_never_launch_a_kernel(monkeypatch, case, preset):
     def fail(*args, **kwargs):
-        raise AssertionError("a kernel was launched although L <= w")
+        raise AssertionError("a kernel was launched although L <= m + w")
 
     monkeypatch.setattr(triton_kernels, "window_scores", fail)
     monkeypatch.setattr(triton_kernels, "halting_curve", fail)
-    q, k = make_case(case)
-    ref = rk.ReFreeKV().decide_layer(q, k)
-    got = rk.ReFreeKV().decide_layer(_dev(q), _dev(k), backend=TRITON)
+    if case == "tiny":  # L = 4 = the paper's sinks: no candidate
+        rng = np.random.default_rng(0)
+        q, k = rng.standard_normal((4, 1, 16)).astype(np.float32), rng.standard_normal((2, 4, 16)).astype(np.float32)
+    else:
+        q, k = make_case(case)
+    policy = rk.ReFreeKV.preset(preset)
+    ref = policy.decide_layer(q, k)
+    got = policy.decide_layer(_dev(q), _dev(k), backend=TRITON)
     np.testing.assert_array_equal(got.kept, ref.kept)
     assert got.n_evicted == 0
 
