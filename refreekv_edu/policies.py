@@ -207,8 +207,7 @@ class Policy:
 
         # Step 0 - full layers (Appendix B): layers 0 and 1 keep their whole cache; nothing to compute.
         if not self.prunes_layer(layer):
-            return self._decision(kept=everything, length=length, sinks=0, window=0, layer=layer, groups=groups,
-                                  full_layer=True)
+            return self.full_layer_decision(length, num_q_heads, num_kv_heads, layer)
 
         # Step 1 - sinks [0, m) and the protected window [L - w, L) are kept; the candidates are [m, L - w).
         sinks = min(self.sinks, length)
@@ -277,6 +276,16 @@ class Policy:
             layer=layer,
             groups=groups,
         )
+
+    def full_layer_decision(self, prompt_len: int, num_q_heads: int, num_kv_heads: int, layer: int | None) -> LayerDecision:
+        """The decision of a layer that keeps everything (``full_layer=True``), from shapes alone: no arrays needed.
+
+        Integrations call it for ``full_layers`` so that those layers' keys are never read.
+        """
+        owners = num_kv_heads if self.gqa == "group" else num_q_heads
+        everything = np.broadcast_to(np.arange(prompt_len, dtype=np.int64), (owners, prompt_len)).copy()
+        return self._decision(kept=everything, length=prompt_len, sinks=0, window=0, layer=layer,
+                              groups=num_q_heads // num_kv_heads, full_layer=True)
 
     # ------------------------------------------------------------------ helpers
     def _decision(self, *, kept, length, sinks, window, layer, groups, order=None, scores=None, last_attn=None,
