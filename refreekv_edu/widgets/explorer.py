@@ -2,10 +2,19 @@
 
 What it shows, for the selected layer and head:
 
-- the prompt as text, each token coloured kept / evicted / protected window, its score in a tooltip;
+- the prompt as text, each token coloured sink / kept / evicted / protected window, its score in a tooltip.
+  The sinks (the first ``m`` positions) have their own colour and say whether they count in the metric
+  ("sink, kept, outside the metric" for the paper, "counted in the metric" for the ``"sinks-in-metric"``
+  ablation); a full layer (``full_layers``, layers 0 and 1 in the paper) says "full layer: never pruned
+  (paper, Appendix B)" and keeps everything;
 - the halting curve ``ratio(e)`` with the threshold and the cut ``e*`` the policy chose;
-- every layer's budget as bars (the selected one highlighted): ReFreeKV gives layers different budgets;
+- every layer's budget as bars (the selected one highlighted, full layers at 100% in their own colour):
+  ReFreeKV gives layers different budgets;
 - a layers x positions map of the selected head's kept sets.
+
+Candidate indices are not positions: ``decision.order`` holds candidate indices and
+``decision.candidate_positions()`` (``order + m``) the prompt positions. Every string taken from the trace
+(tokens, policy, ranking, layer labels) is HTML-escaped before it is shown.
 
 Everything the widget displays is also an attribute (``layer``, ``head``, ``decision``, ``kept_positions``,
 ``cut``, ``budgets``, ``tokens_html`` ...) so a test or a notebook cell can drive and check it without a browser.
@@ -13,6 +22,7 @@ Everything the widget displays is also an attribute (``layer``, ``head``, ``deci
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import numpy as np
@@ -21,7 +31,17 @@ from ..decision import LayerDecision, Trace
 from ..halting import halting_curve
 from . import plots
 from .deps import require_ipywidgets
-from .token_view import EVICTED, KEPT, WINDOW, placeholder_tokens, render_tokens, token_classes
+from .token_view import (
+    EVICTED,
+    FULL_LAYER,
+    KEPT,
+    SINK,
+    WINDOW,
+    placeholder_tokens,
+    render_tokens,
+    sink_label,
+    token_classes,
+)
 
 
 def check_trace(trace: Trace) -> list[str]:
@@ -52,11 +72,23 @@ def check_trace(trace: Trace) -> list[str]:
 
 
 def decision_curve(decision: LayerDecision) -> np.ndarray:
-    """``(n,)`` the decision's ratio curve; recomputed from ``last_attn`` and ``order`` if it was not stored."""
+    """``(n,)`` the decision's ratio curve; recomputed from ``last_attn`` and ``order`` if it was not stored
+    (with the sinks in every tail for the ``"sinks-in-metric"`` ablation). Empty for a full layer."""
     curve = np.asarray(decision.curve, dtype=np.float32)
     if curve.size == decision.n_candidates:
         return curve
-    return halting_curve(decision.last_attn, decision.order)
+    always = decision.sink_attn if decision.sinks_in_metric and decision.sinks else None
+    return halting_curve(decision.last_attn, decision.order, always_kept=always)
+
+
+def layer_labels(trace: Trace) -> list[str]:
+    """Display label of every decision: the model's layer index (``decision.layer``), else its index in the trace."""
+    return [str(d.layer if d.layer is not None else i) for i, d in enumerate(trace.layers)]
+
+
+def full_layer_mask(trace: Trace) -> np.ndarray:
+    """``(num_layers,)`` bool, True for the layers the policy never prunes (budget 100%)."""
+    return np.array([bool(d.full_layer) for d in trace.layers], dtype=bool)
 
 
 def head_label(decision: LayerDecision, head: int) -> str:
@@ -77,10 +109,12 @@ class DecisionExplorer:
 
     Example:
         >>> from refreekv_edu.widgets import DecisionExplorer, synthetic_trace
-        >>> ex = DecisionExplorer(synthetic_trace())
+        >>> ex = DecisionExplorer(synthetic_trace())     # the paper's preset: layers 0 and 1 are full layers
+        >>> ex.is_full_layer, ex.decision.budget
+        (True, 1.0)
         >>> ex.layer_slider.value = 2          # what dragging the slider does
-        >>> int(ex.kept_positions[-1]) == ex.decision.prompt_len - 1
-        True
+        >>> ex.sink_positions.tolist(), int(ex.kept_positions[-1]) == ex.decision.prompt_len - 1
+        ([0, 1, 2, 3], True)
     """
 
     def __init__(self, trace: Trace, layer: int = 0, head: int = 0) -> None:
@@ -148,12 +182,25 @@ class DecisionExplorer:
 
     @property
     def token_classes(self) -> list[str]:
-        """``L`` class names of the displayed tokens (``rk-kept``, ``rk-evicted``, ``rk-window``)."""
+        """``L`` class names of the displayed tokens (``rk-sink``, ``rk-kept``, ``rk-evicted``, ``rk-window``)."""
         return token_classes(self.decision, self.head)
 
     @property
+    def is_full_layer(self) -> bool:
+        """True when the displayed layer is a full layer (never pruned, budget 100%)."""
+        return bool(self.decision.full_layer)
+
+    @property
+    def sink_positions(self) -> np.ndarray:
+        """``(m,)`` the sink positions ``0 .. m - 1`` (empty for a full layer or a policy without sinks)."""
+        return np.flatnonzero(np.array(self.token_classes) == SINK)
+
+    @property
     def evicted_positions(self) -> np.ndarray:
-        """``(n_evicted,)`` prompt positions the displayed head evicted, ascending (``n_evicted`` is ``e*``)."""
+        """``(n_evicted,)`` prompt positions the displayed head evicted, ascending (``n_evicted`` is ``e*``).
+
+        The same set as ``decision.candidate_positions()[head, :e*]`` (the first ``e*`` in eviction order).
+        """
         return np.flatnonzero(np.array(self.token_classes) == EVICTED)
 
     @property
@@ -226,24 +273,43 @@ class DecisionExplorer:
             self._render(layer_changed=False)
 
     def _fates(self) -> np.ndarray:
-        """``(num_layers, L)`` the selected head's fate in every layer: 0 evicted, 1 kept, 2 window."""
-        code = {EVICTED: 0, KEPT: 1, WINDOW: 2}
+        """``(num_layers, L)`` the selected head's fate in every layer: 0 evicted, 1 kept, 2 window, 3 sink."""
+        code = {EVICTED: 0, KEPT: 1, WINDOW: 2, SINK: 3}
         rows = []
         for d in self.trace.layers:
             head = min(self.head, d.num_heads - 1)
             rows.append([code[c] for c in token_classes(d, head)])
         return np.array(rows, dtype=np.int8)
 
+    def summary_html(self) -> str:
+        """The sentence above the tokens (every string from the trace escaped)."""
+        d = self.decision
+        labels = layer_labels(self.trace)
+        layer = html.escape(labels[self.layer])
+        mean = f"Mean budget over {len(self.trace.layers)} layers: {self.trace.mean_budget:.1%}"
+        n_full = int(full_layer_mask(self.trace).sum())
+        mean += f" (full layers counted at 100%: {n_full})." if n_full else "."
+        if d.full_layer:
+            return (
+                f'<b>layer {layer}</b> ({html.escape(str(d.policy))}): <span class="rk-full-layer"><b>{FULL_LAYER}'
+                f"</b></span>: keeps all <b>{d.prompt_len}</b> of {d.prompt_len} rows (budget <b>100%</b>); "
+                f"nothing is decided here, the cache is left untouched. {mean}"
+            )
+        threshold = "" if d.threshold is None else f", threshold {d.threshold:g}"
+        sinks = (
+            f"m = {d.sinks} sinks ({html.escape(sink_label(d))}); " if d.sinks else "no sinks; "
+        )
+        window = f"window w = {d.window} protected. " if d.window else "no protected window. "
+        return (
+            f"<b>layer {layer}</b> ({html.escape(str(d.policy))}, ranking {html.escape(str(d.ranking))}{threshold}): "
+            f"keeps <b>{d.n_kept}</b> of {d.prompt_len} rows per head (budget <b>{d.budget:.1%}</b>); "
+            f"evicted e* = {d.n_evicted} of n = {d.n_candidates} candidates; {sinks}{window}{mean}"
+        )
+
     def _render(self, layer_changed: bool) -> None:
         d, head = self.decision, self.head
-        labels = [str(x.layer if x.layer is not None else i) for i, x in enumerate(self.trace.layers)]
-        threshold = "" if d.threshold is None else f", threshold {d.threshold:g}"
-        self.summary.value = (
-            f"<b>layer {labels[self.layer]}</b> ({d.policy}, ranking {d.ranking}{threshold}): "
-            f"keeps <b>{d.n_kept}</b> of {d.prompt_len} rows per head (budget <b>{d.budget:.1%}</b>); "
-            f"evicted e* = {d.n_evicted} of n = {d.n_candidates} candidates; window w = {d.window} protected. "
-            f"Mean budget over {len(self.trace.layers)} layers: {self.trace.mean_budget:.1%}."
-        )
+        labels = layer_labels(self.trace)
+        self.summary.value = self.summary_html()
         self.token_html.value = render_tokens(self.tokens, d, head)
         self.map_image.value = plots.figure_png(
             lambda ax: plots.plot_kept_map(ax, self._fates(), highlight=self.layer, labels=labels),
@@ -251,8 +317,9 @@ class DecisionExplorer:
         )
         if layer_changed:
             curve = self.curve
+            title = FULL_LAYER if d.full_layer else "halting curve"
             self.curve_image.value = plots.figure_png(
-                lambda ax: plots.plot_ratio_curve(ax, curve, d.threshold, d.n_evicted, title="halting curve")
+                lambda ax: plots.plot_ratio_curve(ax, curve, d.threshold, d.n_evicted, title=title)
             )
             self.budget_image.value = plots.figure_png(
                 lambda ax: plots.plot_budgets(
@@ -260,6 +327,7 @@ class DecisionExplorer:
                     self.budgets,
                     labels=labels,
                     highlight=self.layer,
+                    full=full_layer_mask(self.trace),
                     title="budget per layer (this layer in orange)",
                 )
             )

@@ -1,37 +1,44 @@
 """``ThresholdPlayground``: move the threshold, watch every layer's budget re-decided instantly.
 
-A decision stores what it was made from (each head's candidate ``order`` and the last token's attention
-``last_attn``), so changing the threshold needs no model: :func:`refreekv_edu.halting.halting_cut` gives
-each layer's new ``e*`` and the budget follows, ``(n - e* + w) / L``. Next to it stand fixed-budget
-baselines, which keep the same share of every layer whatever the input; the fair one keeps ReFreeKV's
-mean budget.
+A decision stores what it was made from (each head's candidate ``order``, the last token's attention
+``last_attn`` on the candidates and ``sink_attn`` on the sinks), so changing the threshold needs no model:
+:meth:`LayerDecision.cut <refreekv_edu.decision.LayerDecision.cut>` gives each layer's new ``e*`` (with the
+sinks in the norm for the ``"sinks-in-metric"`` ablation) and the budget follows, ``(L - e*) / L``: the sinks,
+the window and the ``n - e*`` candidates left. Full layers keep 100% at every threshold. Any preset works.
+
+Next to it stand fixed-budget baselines, which keep the same share of every pruned layer whatever the input,
+built on the same skeleton as the trace (the same protected rows, ``decision.protected = m + w``, and the same
+full layers); the fair one keeps ReFreeKV's mean budget over the pruned layers.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..decision import LayerDecision, Trace
-from ..halting import check_threshold, halting_cut
+from ..halting import check_threshold
 from ..policies import FixedBudget
 from . import plots
 from .deps import require_ipywidgets
-from .explorer import check_trace
+from .explorer import check_trace, full_layer_mask, layer_labels
+from .step_through import PAPER_THRESHOLD
+from .token_view import FULL_LAYER
 
 
 def layer_cut(decision: LayerDecision, threshold: float) -> int:
-    """``e*`` of one stored decision re-decided at ``threshold`` (0 when it has no candidates)."""
-    if decision.n_candidates == 0:
+    """``e*`` of one stored decision re-decided at ``threshold`` (0 for a full layer or no candidates)."""
+    if decision.full_layer or decision.n_candidates == 0:
         return 0
     if np.asarray(decision.last_attn).size == 0:
         raise ValueError(
             f"layer {decision.layer} stores no last_attn, so it cannot be re-decided; record traces with a policy "
             "that keeps the halting signal (ReFreeKV, FixedBudget)"
         )
-    return halting_cut(decision.last_attn, decision.order, threshold)
+    return decision.cut(threshold)
 
 
 def budgets_at_threshold(trace: Trace, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +46,8 @@ def budgets_at_threshold(trace: Trace, threshold: float) -> tuple[np.ndarray, np
 
     Returns:
         ``(cuts, budgets)``, both ``(num_layers,)``: ``e*`` per layer (int64) and the budget
-        ``(n - e* + w) / L`` per layer (float64; 1.0 for layers without candidates).
+        ``(L - e*) / L`` per layer (float64; sinks and window kept; 1.0 for full layers and layers without
+        candidates).
     """
     threshold = check_threshold(threshold)
     cuts = np.array([layer_cut(d, threshold) for d in trace.layers], dtype=np.int64)
@@ -51,11 +59,15 @@ def budgets_at_threshold(trace: Trace, threshold: float) -> tuple[np.ndarray, np
 
 
 def fixed_budget_rows(budget: float, decision: LayerDecision) -> float:
-    """The share of ``decision``'s prompt that ``FixedBudget(budget)`` would keep (window and one candidate included)."""
-    policy = FixedBudget(budget=budget, window=max(decision.window, 1))
-    if decision.n_candidates == 0:
+    """The share of ``decision``'s prompt that a fixed ``budget`` keeps on the same skeleton.
+
+    ``FixedBudget`` keeps ``ceil(budget * L)`` rows: the ``decision.protected`` rows (sinks and window) and
+    at least one candidate. A full layer stays whole (1.0), as in the trace's policy.
+    """
+    if decision.full_layer or decision.n_candidates == 0:
         return 1.0
-    evicted = policy.num_evicted(np.asarray(decision.curve), decision.prompt_len, decision.window)
+    policy = FixedBudget(budget=budget, window=decision.window, sinks=decision.sinks, ranking="recency")
+    evicted = policy.num_evicted(np.asarray(decision.curve), decision.prompt_len, decision.protected)
     return (decision.prompt_len - evicted) / decision.prompt_len
 
 
@@ -68,12 +80,15 @@ class ThresholdPlayground:
         max_threshold: right end of the slider (the sweep plot covers ``[0, max_threshold]``).
 
     Attributes (read them after moving the slider): :attr:`threshold`, :attr:`cuts`, :attr:`budgets`,
-    :attr:`mean_budget`, :attr:`baselines` (name -> mean budget actually kept), :attr:`reference_budgets`.
+    :attr:`mean_budget`, :attr:`baselines` (name -> mean budget over all layers actually kept),
+    :attr:`baseline_budgets` (name -> ``(num_layers,)``), :attr:`reference_budgets`.
 
     Example:
         >>> from refreekv_edu.widgets import ThresholdPlayground, synthetic_trace
         >>> pg = ThresholdPlayground(synthetic_trace())
         >>> before = pg.mean_budget
+        >>> pg.threshold                              # the paper's T
+        0.01
         >>> pg.threshold_slider.value = 0.2          # accept losing more norm ...
         >>> pg.mean_budget <= before                 # ... and every layer keeps less (or as much)
         True
@@ -87,7 +102,7 @@ class ThresholdPlayground:
         for b in self.fixed:
             FixedBudget(budget=b)  # validates: raises a ValueError saying what a budget must be
         max_threshold = check_threshold(max_threshold)
-        start = next((d.threshold for d in trace.layers if d.threshold is not None), 0.05)
+        start = next((d.threshold for d in trace.layers if d.threshold is not None), PAPER_THRESHOLD)
         self.reference_budgets = trace.budgets
         self.sweep_thresholds = np.linspace(0.0, max_threshold, 31)
         self.sweep_mean_budgets = np.array([budgets_at_threshold(trace, t)[1].mean() for t in self.sweep_thresholds])
@@ -95,7 +110,7 @@ class ThresholdPlayground:
             value=min(start, max_threshold),
             min=0.0,
             max=max_threshold,
-            step=0.005,
+            step=0.001,
             description="threshold",
             readout_format=".3f",
             continuous_update=True,
@@ -130,14 +145,32 @@ class ThresholdPlayground:
         return float(self.budgets.mean())
 
     @property
-    def baselines(self) -> dict[str, float]:
-        """Fixed-budget baselines, name -> share of the prompt they keep (same in every layer)."""
-        first = self.trace.layers[0]
-        out = {
-            f"fixed {b:.0%}": float(np.mean([fixed_budget_rows(b, d) for d in self.trace.layers])) for b in self.fixed
+    def pruned(self) -> np.ndarray:
+        """``(num_layers,)`` bool, True for the layers the policy prunes (not full layers)."""
+        return ~full_layer_mask(self.trace)
+
+    @property
+    def matched_budget(self) -> float:
+        """ReFreeKV's mean budget over the pruned layers at the current threshold (the fair fixed budget)."""
+        return float(self.budgets[self.pruned].mean()) if self.pruned.any() else 1.0
+
+    @property
+    def baseline_budgets(self) -> dict[str, np.ndarray]:
+        """Fixed-budget baselines, name -> ``(num_layers,)`` share of each layer's prompt kept.
+
+        The same share in every pruned layer; full layers whole (the trace's skeleton). ``"fixed @ same mean"``
+        keeps :attr:`matched_budget` (ceil to whole rows, so it is never below ReFreeKV's mean).
+        """
+        named = [(f"fixed {b:.0%}", b) for b in self.fixed] + [("fixed @ same mean", self.matched_budget)]
+        return {
+            name: np.array([fixed_budget_rows(b, d) for d in self.trace.layers], dtype=np.float64)
+            for name, b in named
         }
-        out["fixed @ same mean"] = fixed_budget_rows(self.mean_budget, first)
-        return out
+
+    @property
+    def baselines(self) -> dict[str, float]:
+        """Fixed-budget baselines, name -> mean over all layers of the share of the prompt they keep."""
+        return {name: float(v.mean()) for name, v in self.baseline_budgets.items()}
 
     # ------------------------------------------------------------------ display
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
@@ -151,14 +184,22 @@ class ThresholdPlayground:
     # ------------------------------------------------------------------ internals
     def _update(self) -> None:
         self.cuts, self.budgets = budgets_at_threshold(self.trace, self.threshold)
-        labels = [str(d.layer if d.layer is not None else i) for i, d in enumerate(self.trace.layers)]
-        spread = f"{self.budgets.min():.0%} - {self.budgets.max():.0%}"
-        self.summary.value = (
-            f"threshold <b>{self.threshold:.3f}</b>: every layer evicts while it loses at most "
-            f"{self.threshold:.1%} of its attention norm. Mean budget <b>{self.mean_budget:.1%}</b> of the prompt's "
-            f"KV rows (layers range {spread}); a fixed budget keeps the same share in every layer."
+        labels = layer_labels(self.trace)
+        pruned = self.budgets[self.pruned] if self.pruned.any() else self.budgets
+        spread = f"{pruned.min():.0%} - {pruned.max():.0%}"
+        full = [lab for lab, p in zip(labels, self.pruned) if not p]
+        full_text = (
+            f" Full layers {html.escape(', '.join(full))} keep 100% ({FULL_LAYER})." if full else ""
         )
-        baselines = self.baselines
+        sinks_in = any(d.sinks_in_metric and d.sinks for d in self.trace.layers)
+        metric = " (the sinks count in the norm: the sinks-in-metric ablation)" if sinks_in else ""
+        self.summary.value = (
+            f"threshold <b>{self.threshold:.3f}</b>: every pruned layer evicts while it loses at most "
+            f"{self.threshold:.1%} of its attention norm{metric}. Mean budget <b>{self.mean_budget:.1%}</b> of the "
+            f"prompt's KV rows (pruned layers range {spread}).{full_text} A fixed budget keeps the same share in "
+            "every pruned layer."
+        )
+        baselines = self.baseline_budgets
         self.budget_image.value = plots.figure_png(
             lambda ax: plots.plot_budgets(
                 ax,
@@ -166,6 +207,7 @@ class ThresholdPlayground:
                 labels=labels,
                 baselines=baselines,
                 reference=self.reference_budgets,
+                full=~self.pruned,
                 title=f"budget per layer at threshold {self.threshold:.3f}",
             ),
             size=(6.0, 3.2),
@@ -177,8 +219,8 @@ class ThresholdPlayground:
             size=(4.0, 3.2),
         )
         rows = "".join(
-            f"<tr><td>{lab}</td><td>{c}</td><td>{b:.1%}</td><td>{r:.1%}</td></tr>"
-            for lab, c, b, r in zip(labels, self.cuts, self.budgets, self.reference_budgets)
+            f"<tr><td>{html.escape(lab)}</td><td>{'full' if not p else c}</td><td>{b:.1%}</td><td>{r:.1%}</td></tr>"
+            for lab, c, b, r, p in zip(labels, self.cuts, self.budgets, self.reference_budgets, self.pruned)
         )
         self.table.value = (
             "<style>.rk-budget-table td, .rk-budget-table th {padding: 0 10px; text-align: right;}</style>"

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 KEPT_COLOR, EVICTED_COLOR, WINDOW_COLOR, CUT_COLOR = "#74c476", "#bdbdbd", "#6baed6", "#e6550d"
+SINK_COLOR, FULL_COLOR = "#fd8d3c", "#9e9ac8"
 
 
 def figure_png(draw: Callable[[Any], None], size: tuple[float, float] = (5.0, 3.0), dpi: int = 90) -> bytes:
@@ -60,6 +61,8 @@ def plot_ratio_curve(
         ax.plot([cut], [curve[min(cut, curve.size - 1)]], "o", color=CUT_COLOR)
     if step is not None and curve.size:
         ax.plot([step], [curve[min(step, curve.size - 1)]], "s", color="black", ms=6, label=f"step e = {step}")
+    if not curve.size:  # a full layer (or no candidates): nothing was decided
+        ax.text(0.5, 0.5, "no candidates: nothing to evict", ha="center", va="center", transform=ax.transAxes)
     top = float(curve.max()) if curve.size else 0.0
     # Zoom on what matters: the curve up to a little above the threshold (it climbs towards 1 after).
     ymax = 3.0 * threshold if threshold else 1.05 * top
@@ -67,7 +70,8 @@ def plot_ratio_curve(
     ax.set_xlim(0, max(curve.size - 1, 1))
     ax.set_xlabel("e = candidates evicted per head (least important first)")
     ax.set_ylabel("ratio(e)")
-    ax.legend(loc="upper left", fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
 
@@ -77,9 +81,10 @@ def plot_budgets(
     budgets: np.ndarray,
     labels: Sequence[str] | None = None,
     highlight: int | None = None,
-    baselines: dict[str, float] | None = None,
+    baselines: dict[str, Any] | None = None,
     reference: np.ndarray | None = None,
     title: str | None = None,
+    full: np.ndarray | None = None,
 ) -> None:
     """Per-layer budgets ``(num_layers,)`` as bars, with optional highlighted layer and baseline lines.
 
@@ -88,14 +93,23 @@ def plot_budgets(
         budgets: ``(num_layers,)`` fraction of each layer's prompt rows kept.
         labels: x tick labels (model layer indices); default ``0..num_layers-1``.
         highlight: index of the bar to draw in the cut colour (the layer being explored).
-        baselines: name -> budget, drawn as horizontal lines (fixed-budget policies keep the same share everywhere).
+        baselines: name -> budget: a number is drawn as a horizontal line, a ``(num_layers,)`` array as a dotted
+            line through the layers (a fixed budget that keeps full layers whole is not flat).
         reference: ``(num_layers,)`` budgets to draw as markers for comparison (e.g. the trace's own threshold).
         title: axes title.
+        full: ``(num_layers,)`` bool, the full layers (never pruned), drawn in their own colour at 100%.
     """
     budgets = np.asarray(budgets, dtype=np.float64)
     x = np.arange(budgets.size)
-    colors = [CUT_COLOR if i == highlight else KEPT_COLOR for i in x]
+    full = np.zeros(budgets.size, bool) if full is None else np.asarray(full, dtype=bool)
+    colors = [CUT_COLOR if i == highlight else FULL_COLOR if full[i] else KEPT_COLOR for i in x]
     ax.bar(x, budgets, color=colors, width=0.8, label="ReFreeKV budget")
+    if full.any():
+        from matplotlib.patches import Patch
+
+        ax.add_artist(
+            ax.legend(handles=[Patch(color=FULL_COLOR, label="full layer: never pruned")], loc="lower left", fontsize=7)
+        )
     if reference is not None:
         ax.plot(
             x,
@@ -107,7 +121,11 @@ def plot_budgets(
             label="at the trace's threshold",
         )
     for i, (name, value) in enumerate((baselines or {}).items()):
-        ax.axhline(value, color=f"C{i + 1}", ls=":", lw=1.4, label=f"{name}: {value:.2f}")
+        value = np.asarray(value, dtype=np.float64)
+        if value.ndim == 0:
+            ax.axhline(float(value), color=f"C{i + 1}", ls=":", lw=1.4, label=f"{name}: {float(value):.2f}")
+        else:
+            ax.plot(x, value, color=f"C{i + 1}", ls=":", lw=1.4, marker=".", label=f"{name}: mean {value.mean():.2f}")
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("layer")
     ax.set_ylabel("budget (share of prompt kept)")
@@ -158,7 +176,8 @@ def plot_retained_norms(ax: Any, norms: np.ndarray, step: int, cut: int) -> None
 def plot_kept_map(
     ax: Any, fates: np.ndarray, highlight: int | None = None, labels: Sequence[str] | None = None
 ) -> None:
-    """Layers x positions map of one head's fate: ``fates`` ``(num_layers, L)`` with 0 evicted, 1 kept, 2 window.
+    """Layers x positions map of one head's fate: ``fates`` ``(num_layers, L)`` with 0 evicted, 1 kept, 2 window,
+    3 sink.
 
     Read a column to see whether a token survives in every layer, a row to see one layer's kept set.
     """
@@ -169,9 +188,9 @@ def plot_kept_map(
         fates,
         aspect="auto",
         interpolation="nearest",
-        cmap=ListedColormap([EVICTED_COLOR, KEPT_COLOR, WINDOW_COLOR]),
+        cmap=ListedColormap([EVICTED_COLOR, KEPT_COLOR, WINDOW_COLOR, SINK_COLOR]),
         vmin=0,
-        vmax=2,
+        vmax=3,
     )
     if highlight is not None:
         from matplotlib.patches import Rectangle

@@ -5,9 +5,17 @@ tokens are gone (and which one goes next), each query head's retained norm ``r_h
 ``ratio(e) = (R(0) - R(e)) / R(0)`` rising towards the threshold. ReFreeKV stops at the last step whose
 ratio is still within the threshold, ``e*``; stepping past it shows the step where the ratio crosses.
 
-The numbers are recomputed here from the decision's stored ``last_attn`` and ``order`` in plain numpy,
-as written in the paper (a reverse scan of squared attention), so the widget doubles as a check of the
-decision: at the decision's own threshold, :attr:`StepThrough.cut` equals ``decision.n_evicted``.
+The candidates are the positions between the ``m`` sinks and the protected window; ``decision.order``
+holds candidate *indices*, and ``decision.candidate_positions()`` (``order + m``) the prompt positions the
+widget colours. The sinks are never evicted; in the paper they are outside the metric, in the
+``"sinks-in-metric"`` ablation their attention sits in every tail sum (so ``R(e)`` never falls below it).
+Any preset works (recency: one order for every head; h2o: one order per KV head); a full layer has nothing
+to step through and is refused with a message.
+
+The numbers are recomputed here from the decision's stored ``last_attn``, ``sink_attn`` and ``order`` in
+plain numpy, as written in the paper (a reverse scan of squared attention), so the widget doubles as a check
+of the decision: at the decision's own threshold, :attr:`StepThrough.cut` equals ``decision.n_evicted``
+(and ``decision.cut(threshold)`` at any other).
 """
 
 from __future__ import annotations
@@ -18,18 +26,39 @@ import numpy as np
 
 from ..decision import LayerDecision
 from ..halting import check_threshold, cut_from_ratio, expand_order, ratio_from_norms
+from ..policies import PRESETS
 from . import plots
 from .deps import require_ipywidgets
-from .token_view import EVICTED, KEPT, NEXT, WINDOW, check_head, placeholder_tokens, render_tokens
+from .token_view import (
+    EVICTED,
+    FULL_LAYER,
+    KEPT,
+    NEXT,
+    SINK,
+    WINDOW,
+    check_head,
+    placeholder_tokens,
+    render_tokens,
+    sink_label,
+)
+
+#: The threshold replayed for decisions that have none (fixed budgets): the paper's T.
+PAPER_THRESHOLD = float(PRESETS["paper"]["threshold"])
 
 
 def retained_norms(decision: LayerDecision) -> np.ndarray:
-    """``(Hq, n)`` each query head's retained norm ``r_h(e) = sqrt(sum_{k >= e} a_h[order_h[k]]^2)``, ``e = 0 .. n-1``."""
+    """``(Hq, n)`` each query head's retained norm ``r_h(e) = sqrt(sum_{k >= e} a_h[order_h[k]]^2)``, ``e = 0 .. n-1``.
+
+    In the ``"sinks-in-metric"`` ablation the sinks' squared attention ``sum_j sink_attn[h, j]^2`` is added
+    to every tail: they are never evicted, but they count.
+    """
     a = np.asarray(decision.last_attn, dtype=np.float64)
     order = expand_order(np.asarray(decision.order), a.shape[0])
     a_sorted = np.take_along_axis(a, order, axis=1)
     # Reverse scan (sum of the tail), never total - prefix: the latter can go negative and sqrt gives NaN.
     tail = np.cumsum((a_sorted**2)[:, ::-1], axis=1)[:, ::-1]
+    if decision.sinks_in_metric and decision.sinks:
+        tail = tail + (np.asarray(decision.sink_attn, dtype=np.float64) ** 2).sum(axis=1, keepdims=True)
     return np.sqrt(tail)
 
 
@@ -37,17 +66,19 @@ class StepThrough:
     """Evict one candidate per head at a time and watch the halting rule decide when to stop.
 
     Args:
-        decision: one layer's decision (e.g. ``trace.layers[3]``); it must have candidates (``L > w``).
+        decision: one layer's decision (e.g. ``trace.layers[3]``); it must have candidates (``L > m + w``, not
+            a full layer).
         tokens: the prompt's display strings (``trace.tokens``); default ``[0], [1], ...``.
         head: the kept-set owner whose tokens are shown (KV head for ``gqa="group"``).
-        threshold: the halting threshold to replay; default the decision's own (0.05 for fixed budgets).
+        threshold: the halting threshold to replay; default the decision's own (the paper's 0.01 for fixed
+            budgets).
 
     Controls: ``prev_button``, ``next_button``, ``cut_button`` (jump to ``e*``), ``play`` (animates in the
     browser) and ``step_slider``, all bound to :attr:`step`.
 
     Example:
         >>> from refreekv_edu.widgets import StepThrough, synthetic_trace
-        >>> st = StepThrough(synthetic_trace().layers[0])
+        >>> st = StepThrough(synthetic_trace().layers[2])       # layers 0 and 1 are full layers: nothing to step
         >>> st.next_button.click(); st.step
         1
         >>> st.step = st.cut; st.halted, st.ratio <= st.threshold
@@ -68,17 +99,22 @@ class StepThrough:
                 "for a whole trace use DecisionExplorer"
             )
         n = decision.n_candidates
+        if decision.full_layer:
+            raise ValueError(
+                f"layer {decision.layer} is a {FULL_LAYER}: it keeps all {decision.prompt_len} rows and decides "
+                "nothing, so there is nothing to step through; pick a pruned layer (e.g. trace.layers[2])"
+            )
         if n == 0 or np.asarray(decision.last_attn).size == 0:
             raise ValueError(
                 f"this decision has no candidates to evict (prompt of {decision.prompt_len} positions, "
-                f"window {decision.window}); use a prompt longer than the window"
+                f"{decision.sinks} sinks, window {decision.window}); use a prompt longer than sinks + window"
             )
         self.decision = decision
         self.tokens = placeholder_tokens(decision.prompt_len) if not tokens else list(tokens)
         if len(self.tokens) != decision.prompt_len:
             raise ValueError(f"got {len(self.tokens)} tokens for a prompt of {decision.prompt_len} positions")
         self.head = check_head(decision, head)
-        default = decision.threshold if decision.threshold is not None else 0.05
+        default = decision.threshold if decision.threshold is not None else PAPER_THRESHOLD
         self.threshold = check_threshold(default if threshold is None else threshold)
         self.norms = retained_norms(decision)  # (Hq, n)
         self.mean_norms = self.norms.mean(axis=0)  # (n,) R(e)
@@ -138,14 +174,19 @@ class StepThrough:
         return float(self.mean_norms[self.step])
 
     @property
+    def positions(self) -> np.ndarray:
+        """``(n,)`` the shown head's candidates as prompt positions, least important first (``order + m``)."""
+        return np.asarray(self.decision.candidate_positions()[self.head], dtype=np.int64)
+
+    @property
     def evicted_positions(self) -> np.ndarray:
-        """``(e,)`` int64 positions the shown head has evicted at step ``e``, least important first."""
-        return np.asarray(self.decision.order[self.head, : self.step], dtype=np.int64)
+        """``(e,)`` int64 prompt positions the shown head has evicted at step ``e``, least important first."""
+        return self.positions[: self.step]
 
     @property
     def next_position(self) -> int | None:
-        """The candidate the shown head evicts next (``None`` at the last step: one candidate always stays)."""
-        return int(self.decision.order[self.head, self.step]) if self.step < self.n - 1 else None
+        """The position the shown head evicts next (``None`` at the last step: one candidate always stays)."""
+        return int(self.positions[self.step]) if self.step < self.n - 1 else None
 
     @property
     def crossing_step(self) -> int | None:
@@ -160,7 +201,8 @@ class StepThrough:
     @property
     def token_classes(self) -> list[str]:
         """``L`` class names of the tokens shown at this step."""
-        classes = [KEPT] * self.n + [WINDOW] * (self.decision.prompt_len - self.n)
+        d = self.decision
+        classes = [SINK] * d.sinks + [KEPT] * self.n + [WINDOW] * (d.prompt_len - d.sinks - self.n)
         for pos in self.evicted_positions:
             classes[int(pos)] = EVICTED
         return classes
@@ -179,10 +221,13 @@ class StepThrough:
     def status_text(self) -> str:
         """The sentence under the controls: where the current step stands against the threshold."""
         e, t = self.step, self.threshold
+        d = self.decision
         head_line = (
             f"Step e = {e} of n = {self.n}: every head has evicted its {e} least important candidates. "
             f"R(e) = {self.retained_norm:.4f} (R(0) = {self.mean_norms[0]:.4f}), ratio(e) = {self.ratio:.4f}. "
         )
+        if d.sinks:
+            head_line += f"The m = {d.sinks} sinks stay ({sink_label(d)}). "
         if e < self.cut:
             verdict = f"ratio(e) ≤ threshold {t:g}: keep evicting."
         elif e == self.cut and self.crossing_step is None:

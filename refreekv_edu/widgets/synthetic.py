@@ -3,13 +3,15 @@
 Real attention has a few recognisable shapes, and this module plants them in random
 queries and keys so the widgets have something worth looking at:
 
-- an *attention sink*: position 0 receives a lot of attention in every head;
+- an *attention sink*: position 0 receives a lot of attention in every head (the paper's preset keeps the
+  first 4 positions as sinks and leaves them out of the metric; the ``"sinks-in-metric"`` ablation does not);
 - a handful of *salient* tokens (here the digits of a passkey) that the last
   queries look up, more sharply in some layers than in others;
 - background noise everywhere else.
 
 Layers differ in how sharp that lookup is (``sharpness``), so ReFreeKV gives them
-different budgets, which is the point the widgets teach. The decisions themselves come
+different budgets, which is the point the widgets teach. The default policy is the paper's preset,
+``ReFreeKV()``, so layers 0 and 1 are full layers (never pruned, budget 100%). The decisions themselves come
 from :meth:`refreekv_edu.policies.Policy.decide_layer` on the numpy backend, so a
 synthetic trace is exactly what the real algorithm does on these inputs.
 """
@@ -65,7 +67,8 @@ def synthetic_trace(
         num_q_heads: ``Hq``; must be a multiple of ``num_kv_heads`` (GQA groups).
         num_kv_heads: ``Hkv``.
         head_dim: ``D``.
-        policy: the policy to run (default ``ReFreeKV()``: threshold 0.05, window 8, h2o, gqa="group").
+        policy: the policy to run (default ``ReFreeKV()``, the paper's preset: 4 sinks, recency, T = 0.01,
+            layers 0 and 1 full); any preset (``ReFreeKV.preset("official-script")``) or baseline works.
         seed: random seed; the same arguments give the same trace.
         tokens: display strings of the prompt (length ``L``); default: a passkey prompt from :func:`default_tokens`.
 
@@ -87,14 +90,14 @@ def synthetic_trace(
         )
 
     rng = np.random.default_rng(seed)
-    window = min(policy.window, prompt_len)
+    rows = max(1, min(policy.query_rows, prompt_len))  # the last queries the policy reads (1 for recency)
     # Sharpness grows with depth but not monotonically, so budgets differ from layer to layer.
     sharpness = np.linspace(0.5, 2.5, num_layers)
     sharpness = sharpness[rng.permutation(num_layers)] if num_layers > 2 else sharpness
     layers = []
     for layer in range(num_layers):
         keys = rng.normal(size=(num_kv_heads, prompt_len, head_dim)).astype(np.float32)
-        queries = rng.normal(size=(num_q_heads, window, head_dim)).astype(np.float32)
+        queries = rng.normal(size=(num_q_heads, rows, head_dim)).astype(np.float32)
         # One "lookup" direction per KV head; its query heads share it, with per-head strength.
         direction = rng.normal(size=(num_kv_heads, head_dim)).astype(np.float32)
         direction /= np.linalg.norm(direction, axis=1, keepdims=True)
@@ -111,6 +114,7 @@ def synthetic_trace(
     meta = {
         "source": "synthetic (refreekv_edu.widgets.synthetic.synthetic_trace)",
         "policy": repr(policy),
+        "preset": getattr(policy, "preset_name", None),
         "seed": seed,
         "num_q_heads": num_q_heads,
         "num_kv_heads": num_kv_heads,

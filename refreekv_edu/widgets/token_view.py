@@ -2,13 +2,17 @@
 
 Every token becomes one ``<span>`` with
 
-- a class saying its fate: ``rk-kept`` (a candidate the head keeps), ``rk-evicted`` (a candidate the head
-  evicted), ``rk-window`` (the protected observation window, always kept), optionally ``rk-next``
-  (the candidate :class:`~refreekv_edu.widgets.StepThrough` evicts next);
+- a class saying its fate: ``rk-sink`` (one of the first ``m`` positions, the attention sinks: always kept),
+  ``rk-kept`` (a candidate the head keeps, or any position of a full layer), ``rk-evicted`` (a candidate the
+  head evicted), ``rk-window`` (the protected window, always kept), optionally ``rk-next`` (the candidate
+  :class:`~refreekv_edu.widgets.StepThrough` evicts next);
 - ``data-pos``, its position in the prompt;
-- a ``title`` tooltip with its ranking score and the last token's attention on it.
+- a ``title`` tooltip: for a candidate its ranking score and the last token's attention on it, for a sink the
+  last token's attention on it and whether it counts in the metric.
 
-The widgets put this string in an ``ipywidgets.HTML``; tests parse it back with :func:`classes_by_position`.
+Candidate ``i`` is prompt position ``m + i`` (``decision.candidate_positions()``): the sinks come first.
+Every string taken from a trace (tokens, and the tooltips built from it) is HTML-escaped. The widgets put
+this string in an ``ipywidgets.HTML``; tests parse it back with :func:`classes_by_position`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ import numpy as np
 
 from ..decision import LayerDecision
 
-KEPT, EVICTED, WINDOW, NEXT = "rk-kept", "rk-evicted", "rk-window", "rk-next"
+KEPT, EVICTED, WINDOW, NEXT, SINK = "rk-kept", "rk-evicted", "rk-window", "rk-next", "rk-sink"
+#: The classes of positions a head keeps (a full layer shows every position as ``rk-kept``).
+KEPT_CLASSES = frozenset({KEPT, WINDOW, SINK})
+
+#: What the legend and tooltips say about the sinks (the default, and the ``"sinks-in-metric"`` ablation).
+SINK_OUTSIDE = "sink, kept, outside the metric"
+SINK_COUNTED = "sink, kept, counted in the metric"
+#: What the widgets say about a layer the policy never prunes.
+FULL_LAYER = "full layer: never pruned (paper, Appendix B)"
 
 #: Inline stylesheet shipped with every rendering (JupyterLab strips nothing from an HTML widget's <style>).
 STYLE = """<style>
@@ -29,16 +41,29 @@ STYLE = """<style>
 .rk-kept {background: #c7e9c0; color: #111;}
 .rk-evicted {background: #eeeeee; color: #999; text-decoration: line-through;}
 .rk-window {background: #9ecae1; color: #111; font-weight: bold;}
+.rk-sink {background: #fdd0a2; color: #111; font-weight: bold; border: 1px solid #e6550d;}
 .rk-next {outline: 2px solid #e6550d;}
 .rk-legend span {font-family: monospace; padding: 1px 4px; margin-right: 6px; border-radius: 3px;}
 </style>"""
 
-LEGEND = (
-    '<div class="rk-legend"><span class="rk-kept">kept</span><span class="rk-evicted">evicted</span>'
-    '<span class="rk-window">protected window</span></div>'
-)
-
 _SPAN = re.compile(r'<span class="([^"]+)" data-pos="(\d+)"')
+
+
+def sink_label(decision: LayerDecision) -> str:
+    """How the sinks are shown: kept and outside the metric (the paper), or counted in it (the ablation)."""
+    return SINK_COUNTED if decision.sinks_in_metric else SINK_OUTSIDE
+
+
+def legend(decision: LayerDecision) -> str:
+    """The legend above the tokens: only the fates this decision can give."""
+    if decision.full_layer:
+        items = [(KEPT, FULL_LAYER)]
+    else:
+        items = [(SINK, sink_label(decision))] if decision.sinks else []
+        items += [(KEPT, "kept"), (EVICTED, "evicted")]
+        items += [(WINDOW, "protected window")] if decision.window else []
+    spans = "".join(f'<span class="{cls}">{html.escape(text)}</span>' for cls, text in items)
+    return f'<div class="rk-legend">{spans}</div>'
 
 
 def display_token(token: str) -> str:
@@ -48,12 +73,19 @@ def display_token(token: str) -> str:
 
 
 def token_classes(decision: LayerDecision, head: int) -> list[str]:
-    """The fate of every prompt position for one head: a list of ``L`` class names (``rk-kept`` / ``rk-evicted`` / ``rk-window``)."""
+    """The fate of every prompt position for one head: a list of ``L`` class names.
+
+    ``rk-sink`` for ``[0, m)``, ``rk-window`` for ``[L - w, L)``, and for the candidates ``[m, L - w)``
+    ``rk-kept`` or ``rk-evicted`` by ``decision.kept[head]``. A full layer keeps everything: all ``rk-kept``.
+    """
     check_head(decision, head)
-    length, n = decision.prompt_len, decision.n_candidates
-    classes = [EVICTED] * n + [WINDOW] * (length - n)
+    length = decision.prompt_len
+    if decision.full_layer:
+        return [KEPT] * length
+    sinks, window = decision.sinks, decision.window
+    classes = [SINK] * sinks + [EVICTED] * (length - sinks - window) + [WINDOW] * window
     for pos in decision.kept[head]:
-        if pos < n:
+        if sinks <= pos < length - window:
             classes[int(pos)] = KEPT
     return classes
 
@@ -68,16 +100,46 @@ def check_head(decision: LayerDecision, head: int) -> int:
     return head
 
 
+def _owner_rows(rows: np.ndarray, decision: LayerDecision, head: int) -> np.ndarray:
+    """Average the query-head rows ``(Hq, k)`` that kept-set owner ``head`` stands for: ``(k,)``."""
+    group = rows.shape[0] // decision.num_heads if rows.shape[0] >= decision.num_heads else 1
+    return rows[head * group : (head + 1) * group].mean(axis=0)
+
+
 def head_attention(decision: LayerDecision, head: int) -> np.ndarray:
-    """``(n,)`` the last token's attention on each candidate, for kept-set owner ``head``.
+    """``(n,)`` the last token's attention on each candidate (candidate index ``i`` = position ``m + i``).
 
     In ``gqa="group"`` mode a KV head owns the kept set of ``G`` query heads; their attention is averaged.
     """
     a = np.asarray(decision.last_attn, dtype=np.float32)
     if a.size == 0:
         return np.zeros(decision.n_candidates, dtype=np.float32)
-    group = a.shape[0] // decision.num_heads if a.shape[0] >= decision.num_heads else 1
-    return a[head * group : (head + 1) * group].mean(axis=0)
+    return _owner_rows(a, decision, head)
+
+
+def head_sink_attention(decision: LayerDecision, head: int) -> np.ndarray:
+    """``(m,)`` the last token's attention on each sink, averaged like :func:`head_attention`."""
+    a = np.asarray(decision.sink_attn, dtype=np.float32)
+    if a.ndim != 2 or a.shape[1] != decision.sinks or a.size == 0:
+        return np.zeros(decision.sinks, dtype=np.float32)
+    return _owner_rows(a, decision, head)
+
+
+def _tooltips(decision: LayerDecision, head: int) -> list[str]:
+    """One tooltip per position (plain text; escaped when rendered)."""
+    length = decision.prompt_len
+    if decision.full_layer:
+        return [f"pos {pos} · {FULL_LAYER}" for pos in range(length)]
+    sinks, n = decision.sinks, decision.n_candidates
+    scores = np.asarray(decision.scores, dtype=np.float32)
+    attn, sink_attn = head_attention(decision, head), head_sink_attention(decision, head)
+    has_scores = scores.ndim == 2 and scores.shape[1] == n and scores.shape[0] > head
+    tips = [f"pos {p} · {sink_label(decision)} · last-token attention {sink_attn[p]:.4g}" for p in range(sinks)]
+    for i in range(n):
+        score = f" · score {scores[head, i]:.4g}" if has_scores else ""
+        tips.append(f"pos {sinks + i} · candidate {i}{score} · last-token attention {attn[i]:.4g}")
+    tips += [f"pos {p} · protected window (always kept)" for p in range(sinks + n, length)]
+    return tips
 
 
 def render_tokens(
@@ -90,7 +152,7 @@ def render_tokens(
     """HTML of the prompt with each token coloured by its fate for ``head``.
 
     Args:
-        tokens: ``L`` display strings (``decision.prompt_len`` of them).
+        tokens: ``L`` display strings (``decision.prompt_len`` of them); HTML-escaped here.
         decision: the layer's decision.
         head: the kept-set owner to show (KV head for ``gqa="group"``).
         classes: override the fate of each position (``L`` class names); default :func:`token_classes`.
@@ -106,20 +168,13 @@ def render_tokens(
         )
     classes = token_classes(decision, head) if classes is None else classes
     extra = extra or {}
-    n = decision.n_candidates
-    scores = np.asarray(decision.scores, dtype=np.float32)
-    attn = head_attention(decision, head)
     spans = []
-    for pos, token in enumerate(tokens):
-        if pos < n:
-            tip = f"pos {pos} · score {scores[head, pos]:.4g} · last-token attention {attn[pos]:.4g}"
-        else:
-            tip = f"pos {pos} · protected window (always kept)"
-        cls = classes[pos] + (f" {extra[pos]}" if pos in extra else "")
+    for pos, (token, tip) in enumerate(zip(tokens, _tooltips(decision, head))):
+        cls = html.escape(classes[pos] + (f" {extra[pos]}" if pos in extra else ""))
         spans.append(
-            f'<span class="{cls}" data-pos="{pos}" title="{html.escape(tip)}">{html.escape(display_token(token))}</span>'
+            f'<span class="{cls}" data-pos="{pos}" title="{html.escape(tip)}">{html.escape(display_token(str(token)))}</span>'
         )
-    return STYLE + LEGEND + '<div class="rk-tokens">' + "".join(spans) + "</div>"
+    return STYLE + legend(decision) + '<div class="rk-tokens">' + "".join(spans) + "</div>"
 
 
 def classes_by_position(html_text: str) -> dict[int, set[str]]:

@@ -5,8 +5,9 @@ What it does:
    no token, isolated config/runtime dirs, the news/announcement pop-up disabled);
 2. drives Debian's Chromium through Playwright: opens the notebook, runs all cells, waits for the widget's
    slider and coloured tokens to render;
-3. presses the right-arrow key on the layer slider and waits for the kernel to send back layer 1's summary
-   (a full front-end -> kernel -> front-end round trip);
+3. checks that layer 0 (a full layer of the paper's preset) says so, then presses the right-arrow key on
+   the layer slider twice and waits for the kernel to send back layer 1's, then layer 2's summary (a full
+   front-end -> kernel -> front-end round trip); layer 2 shows the 4 sinks in their own colour;
 4. saves screenshots (page and widget) under the test's tmp dir, copied to ``$REFREEKV_ARTIFACTS`` if set.
 
 Needs: ``apt-get install -y chromium`` (or ``$REFREEKV_CHROMIUM`` pointing at a Chromium binary) and
@@ -151,7 +152,7 @@ def displayed_kept(page) -> list[int]:
     """Positions the rendered widget shows as kept or protected, read from the spans' data-pos."""
     return page.evaluate(
         "() => Array.from(document.querySelectorAll('.rk-decision-explorer .rk-tokens span'))"
-        ".filter(s => s.classList.contains('rk-kept') || s.classList.contains('rk-window'))"
+        ".filter(s => ['rk-kept', 'rk-window', 'rk-sink'].some(c => s.classList.contains(c)))"
         ".map(s => Number(s.dataset.pos))"
     )
 
@@ -185,6 +186,7 @@ def drive_notebook(page, url: str, shots: list[Path]) -> None:
     from refreekv_edu.widgets import synthetic_trace
 
     trace = synthetic_trace(num_layers=6, prompt_len=48)  # the same trace the notebook makes (same seed)
+    assert trace.layers[0].full_layer and not trace.layers[2].full_layer  # the paper's preset
     page.goto(f"{url}/lab/tree/explorer.ipynb", wait_until="domcontentloaded")
     page.wait_for_selector(".jp-Notebook .jp-Cell")
     page.wait_for_function("() => window.jupyterapp !== undefined")
@@ -197,16 +199,23 @@ def drive_notebook(page, url: str, shots: list[Path]) -> None:
     page.wait_for_selector(".rk-decision-explorer .widget-slider")
     page.wait_for_selector(".rk-decision-explorer .rk-tokens .rk-kept")
     page.wait_for_function("() => document.querySelectorAll('.rk-decision-explorer img').length === 3")
-    assert "layer 0" in widget.inner_text()
-    assert displayed_kept(page) == trace.layers[0].kept[0].tolist()
-    assert page.locator(".rk-decision-explorer .rk-tokens .rk-window").count() == 8
+    text = widget.inner_text()
+    assert "layer 0" in text and "full layer: never pruned (paper, Appendix B)" in text
+    assert displayed_kept(page) == trace.layers[0].kept[0].tolist() == list(range(48))
+    assert page.locator(".rk-decision-explorer .rk-tokens .rk-sink").count() == 0
 
-    # Front end -> kernel -> front end: move the layer slider one step with the keyboard.
-    page.locator(".rk-decision-explorer .widget-slider .noUi-handle").first.focus()
-    page.keyboard.press("ArrowRight")
-    page.wait_for_function("() => document.querySelector('.rk-decision-explorer').innerText.includes('layer 1')")
-    assert displayed_kept(page) == trace.layers[1].kept[0].tolist()
-    wait_for_kernel(page)  # the kernel is done redrawing layer 1's plots
+    # Front end -> kernel -> front end: move the layer slider one step at a time with the keyboard.
+    handle = page.locator(".rk-decision-explorer .widget-slider .noUi-handle").first
+    for layer in (1, 2):
+        handle.focus()
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(
+            f"() => document.querySelector('.rk-decision-explorer').innerText.includes('layer {layer} (')"
+        )
+        wait_for_kernel(page)  # the kernel is done redrawing this layer's plots
+    assert displayed_kept(page) == trace.layers[2].kept[0].tolist()
+    assert page.locator(".rk-decision-explorer .rk-tokens .rk-sink").count() == 4
+    assert "sink, kept, outside the metric" in widget.inner_text()
     page.locator(".jp-OutputArea-output pre", has_text="budgets").wait_for()
     widget.scroll_into_view_if_needed()
     page.wait_for_timeout(500)  # let the new images paint before the screenshot
@@ -217,7 +226,7 @@ def drive_notebook(page, url: str, shots: list[Path]) -> None:
     # (jslink), and the kernel follows it.
     stepper = page.locator(".rk-step-through")
     stepper.wait_for(state="visible")
-    assert "Step e = 0 of n = 40" in stepper.inner_text()
+    assert "Step e = 0 of n = 44" in stepper.inner_text()  # 48 positions - 4 sinks
     stepper.get_by_role("button", name="Next ▶").click()
     page.wait_for_function("() => document.querySelector('.rk-step-through').innerText.includes('Step e = 1 of')")
     stepper.locator(".widget-play button").first.click()
@@ -229,14 +238,14 @@ def drive_notebook(page, url: str, shots: list[Path]) -> None:
     stepper.scroll_into_view_if_needed()
     stepper.screenshot(path=str(shots[2]))
 
-    # ThresholdPlayground: one keyboard step of the threshold slider (0.050 -> 0.055) re-decides in the kernel.
+    # ThresholdPlayground: one keyboard step of the threshold slider (0.010 -> 0.011) re-decides in the kernel.
     playground = page.locator(".rk-threshold-playground")
     playground.wait_for(state="visible")
-    assert "threshold 0.050" in playground.inner_text()
+    assert "threshold 0.010" in playground.inner_text()
     playground.locator(".widget-slider .noUi-handle").first.focus()
     page.keyboard.press("ArrowRight")
     page.wait_for_function(
-        "() => document.querySelector('.rk-threshold-playground').innerText.includes('threshold 0.055')"
+        "() => document.querySelector('.rk-threshold-playground').innerText.includes('threshold 0.011')"
     )
     wait_for_kernel(page)
     playground.scroll_into_view_if_needed()

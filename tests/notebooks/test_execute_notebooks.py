@@ -26,7 +26,12 @@ NOTEBOOKS = ROOT / "notebooks"
 GUIDED = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 EXERCISES = sorted((NOTEBOOKS / "exercises").glob("*.ipynb"))
 #: Guided notebooks that load the bundled model (torch backend).
-USES_MODEL = {"03_fixed_budget_failures.ipynb", "05_per_layer_budgets.ipynb", "07_evaluate_vs_full_cache.ipynb"}
+USES_MODEL = {
+    "03_fixed_budget_failures.ipynb",
+    "05_per_layer_budgets.ipynb",
+    "07_evaluate_vs_full_cache.ipynb",
+    "08_ablation_sinks_and_ranking.ipynb",
+}
 #: Seconds allowed per cell (fast mode targets < 60 s per notebook; model loading dominates the slow ones).
 CELL_TIMEOUT = 600
 
@@ -84,8 +89,8 @@ def _text(nb) -> str:
 
 def test_the_numbered_path_is_complete() -> None:
     numbers = [p.name[:2] for p in GUIDED]
-    assert numbers == [f"{i:02d}" for i in range(1, 8)], (
-        f"guided notebooks 01..07 expected, found {[p.name for p in GUIDED]}"
+    assert numbers == [f"{i:02d}" for i in range(1, 9)], (
+        f"guided notebooks 01..08 expected, found {[p.name for p in GUIDED]}"
     )
     assert len(EXERCISES) >= 3
 

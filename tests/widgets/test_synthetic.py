@@ -35,29 +35,42 @@ def test_same_seed_same_trace_and_json_round_trip():
     assert c.tokens == a.tokens and len(c.tokens) == 48
 
 
-def test_layers_get_different_budgets_and_keep_the_sink_and_window():
+def test_default_is_the_paper_preset_with_full_layers_0_and_1():
+    trace = synthetic_trace()
+    assert trace.meta["preset"] == "paper" and "preset='paper'" in trace.meta["policy"]
+    assert [d.full_layer for d in trace.layers] == [True, True, False, False, False, False]
+    np.testing.assert_array_equal(trace.budgets[:2], [1.0, 1.0])
+    assert all(d.sinks == 4 and d.window == 0 and d.ranking == "recency" for d in trace.layers[2:])
+
+
+def test_layers_get_different_budgets_and_keep_the_sinks_and_the_newest():
     trace = make_trace()
-    assert len(set(np.round(trace.budgets, 6))) >= 3, trace.budgets
+    assert len(set(np.round(trace.budgets[2:], 6))) >= 3, trace.budgets
     for d in trace.layers:
         assert d.kept.shape[0] == 2  # gqa="group": one kept set per KV head
         for head in d.kept:
-            assert head[0] == 0  # the planted attention sink survives everywhere
-            np.testing.assert_array_equal(head[-8:], np.arange(40, 48))
+            np.testing.assert_array_equal(head[:4], [0, 1, 2, 3])  # the sinks (and the planted sink 0) stay
+            assert head[-1] == 47  # recency: the newest position is the last to go, and one candidate stays
     # The passkey digits are planted where default_tokens says.
     tokens, salient = default_tokens(48)
     assert [tokens[p] for p in salient] == ["7", "4", "1", "9"]
 
 
-def test_decisions_follow_the_halting_definition():
-    trace = make_trace(num_layers=3)
+@pytest.mark.parametrize("preset", ["paper", "h2o-ranking", "official-script"])
+def test_decisions_follow_the_halting_definition(preset):
+    trace = make_trace(num_layers=4, policy=rk.ReFreeKV.preset(preset))
     for d in trace.layers:
+        if d.full_layer:
+            assert d.kept[0].tolist() == list(range(d.prompt_len))
+            continue
         ratio = brute_ratio(d.last_attn, d.order, d.group_size)
         np.testing.assert_allclose(d.curve, ratio, atol=2e-6)
         e_star = max(e for e in range(d.n_candidates) if ratio[e] <= d.threshold + 1e-7)
         assert d.n_evicted == e_star
         for h in range(d.num_heads):
-            expected = sorted(d.order[h, e_star:].tolist()) + list(range(d.n_candidates, d.prompt_len))
-            assert d.kept[h].tolist() == expected
+            candidates = sorted(d.candidate_positions()[h, e_star:].tolist())
+            window = list(range(d.prompt_len - d.window, d.prompt_len))
+            assert d.kept[h].tolist() == list(range(d.sinks)) + candidates + window
 
 
 def test_expand_mode_and_fixed_budget_policies():
