@@ -1,10 +1,12 @@
 """End-to-end throughput on the bundled model: full cache vs compressed caches, side by side in one run.
 
-For each prompt length this runs ``refreekv_edu.generate`` with ``FullCache()``, ``ReFreeKV()`` and a
-``FixedBudget`` matched to ReFreeKV's average budget, interleaved (full, ReFreeKV, fixed, full, ...) so that
-background load hits all of them alike, and reports:
+For each prompt length this runs ``refreekv_edu.generate`` with ``FullCache()``, ``ReFreeKV()`` (the paper's
+preset), ``ReFreeKV.preset("official-script")`` and the eval harness's ``recency@matched`` (a fixed recency
+budget with the paper's sinks and full layers, whose mean over layers equals the paper preset's budget),
+interleaved (full, paper, official, matched, full, ...) so that background load hits all of them alike, and
+reports:
 
-- prefill throughput (prompt tokens / prefill seconds; the compressed runs also capture the window queries),
+- prefill throughput (prompt tokens / prefill seconds; the compressed runs also capture the queries they need),
 - decide + compaction seconds (zero for the full cache),
 - decode throughput (new tokens / decode seconds; the compressed cache is shorter, so attention reads less),
 - end-to-end seconds, and each compressed/full ratio.
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 import refreekv_edu as rk  # noqa: E402
+from refreekv_edu.eval.methods import matched_budget, parse_method  # noqa: E402
 from refreekv_edu.eval.runner import token_counter  # noqa: E402
 from refreekv_edu.eval.tasks import passkey  # noqa: E402
 
@@ -48,6 +51,8 @@ def run_once(model, tok, prompt, policy, new_tokens: int, backend: str) -> dict[
         "total_s": total,
         "kv_kept": out.kv_kept_fraction,
         "budget": out.trace.mean_budget if out.trace.layers else 1.0,
+        "matched": matched_budget(out.trace.mean_budget, len(out.trace.layers),
+                                  sum(d.full_layer for d in out.trace.layers)) if out.trace.layers else 1.0,
     }
 
 
@@ -80,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         best: dict[str, dict[str, float]] = {}
         for _ in range(args.repeats):
             matched = 1.0
-            for name in ("full", "refreekv", "h2o@matched"):
-                policy = {"full": rk.FullCache(), "refreekv": rk.ReFreeKV()}.get(name) or rk.FixedBudget(budget=min(1.0, matched))
+            for name in ("full", "paper", "official-script", "recency@matched"):
+                spec = parse_method(name)
+                policy = spec.policy(matched_budget=matched) if spec.kind == "matched" else spec.policy()
                 r = run_once(model, tok, prompt, policy, args.new_tokens, args.backend)
-                if name == "refreekv":
-                    matched = r["budget"]  # the fixed baseline keeps the same average budget, uniformly
+                if name == "paper":
+                    matched = r["matched"]  # the fixed baseline keeps the same mean budget, uniform over pruned layers
                 if name not in best or r["total_s"] < best[name]["total_s"]:
                     best[name] = r
         full = best["full"]

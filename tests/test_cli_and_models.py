@@ -20,6 +20,38 @@ def test_info_lists_backends_and_auto_choice(capsys):
         assert info.name in out
 
 
+def test_info_prints_the_default_policy_and_every_preset_with_its_source(capsys):
+    from dataclasses import fields
+
+    from refreekv_edu.policies import PRESET_SOURCES, PRESETS
+
+    assert main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "default policy: ReFreeKV() = preset 'paper'" in lines
+    policy = rk.ReFreeKV()
+    for f in fields(policy):
+        if f.name != "preset_name":
+            assert f"  {f.name:<16} {getattr(policy, f.name)!r}" in lines
+    assert "  threshold        0.01" in lines and "  full_layers      (0, 1)" in lines and "  ranking          'recency'" in lines
+    assert lines.index("presets (ReFreeKV.preset(name, **overrides)):") > lines.index("default policy: ReFreeKV() = preset 'paper'")
+    for name in PRESETS:
+        assert f"  {' ' * 16} source: {PRESET_SOURCES[name]}" in lines
+    assert "  paper            the default" in lines
+    assert "  official-script  threshold=0.05, sinks=0, window=8, ranking='h2o', full_layers=()" in lines
+    assert "  sinks-in-metric  sinks_in_metric=True" in lines
+
+
+def test_help_texts(capsys):
+    for argv in (["fetch-model", "--help"], ["demo", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "check its sha256" in text and "artifact name, one of: smollm2-135m (default: smollm2-135m)" in text
+    assert "model backend (default: auto)" in text and "(default: ./refreekv-demo-out)" in text
+    assert "checked writable before the model loads" in text and "(default: smollm2-135m)" in text
+
+
 def test_console_script_runs():
     out = subprocess.run(
         [sys.executable, "-m", "refreekv_edu.cli", "info"], capture_output=True, text=True, timeout=120

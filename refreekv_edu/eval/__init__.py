@@ -16,7 +16,7 @@ Only numpy and the standard library are imported here; tqdm, matplotlib and ``da
 """
 
 from .datasets import DATASETS, load_dataset_samples
-from .methods import ALL_METHODS, DEFAULT_METHODS, MethodSpec, parse_method, parse_methods
+from .methods import ALL_METHODS, DEFAULT_METHODS, MethodSpec, matched_budget, parse_method, parse_methods
 from .metrics import METRICS, first_token_kl, qa_f1, rouge_l, score, token_agreement
 from .report import findings, markdown_table, summarize, write_results_md
 from .runner import EvalConfig, Runner, build_samples, read_records, run_eval
@@ -38,6 +38,7 @@ __all__ = [
     "load_dataset_samples",
     "make_samples",
     "markdown_table",
+    "matched_budget",
     "parse_method",
     "parse_methods",
     "qa_f1",

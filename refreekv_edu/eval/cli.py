@@ -2,8 +2,8 @@
 
 Examples::
 
-    refreekv-edu eval                                    # the default suite (~4 min on an idle 2-core CPU)
-    refreekv-edu eval --tasks passkey --lengths 1024 2048 4096 --samples 3 --methods full refreekv h2o@matched
+    refreekv-edu eval                                    # the default suite (72 generations, most at ~1k tokens)
+    refreekv-edu eval --tasks passkey --lengths 1024 2048 4096 --samples 3 --methods full paper paper@0.02 recency@matched
     refreekv-edu eval --methods all --results-md docs/results.md
     refreekv-edu eval --tasks longbench/qasper gsm8k --data-dir ~/data --lengths 4096
     refreekv-edu eval --report-only --out results/eval   # rebuild the table and plots from samples.jsonl
@@ -16,12 +16,13 @@ import json
 import sys
 from pathlib import Path
 
+from ..policies import PRESETS
 from .datasets import DATASETS
-from .methods import ALL_METHODS, DEFAULT_METHODS
+from .methods import DEFAULT_METHODS
 from .tasks import TASKS
 
-#: The default suite: 40 generations at ~1k tokens; about four minutes on an idle 2-core CPU (bundled model, torch).
-DEFAULT_TASKS = ["passkey", "multi_needle", "short", "continuation"]
+#: The default suite: 6 tasks x 2 samples x 6 methods = 72 generations, most at ~1k tokens (minutes on a 2-core CPU).
+DEFAULT_TASKS = ["passkey", "multi_needle", "short", "reading", "continuation", "repeat"]
 DEFAULT_LENGTHS = [1024]
 DEFAULT_SAMPLES = 2
 
@@ -38,18 +39,26 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lengths", nargs="+", type=int, default=DEFAULT_LENGTHS, metavar="TOKENS",
                         help="target prompt lengths in tokens (default: %(default)s)")
     parser.add_argument("--methods", nargs="+", default=["default"], metavar="METHOD",
-                        help=f"'default' ({', '.join(DEFAULT_METHODS)}), 'all' (adds {len(ALL_METHODS) - len(DEFAULT_METHODS)} "
-                             "fixed budgets at 0.2/0.5/0.8), or names like full, refreekv, refreekv@0.1, h2o@0.5, snapkv@matched")
+                        help=f"'default' ({', '.join(DEFAULT_METHODS)}), 'all' (adds the ablation presets and fixed "
+                             "budgets at 0.2/0.5/0.8), or names: full; a preset (" + ", ".join(PRESETS) + ") or "
+                             "<preset>@<threshold> (paper@0.02); <ranking>@<budget> (recency@0.5, h2o@0.5, snapkv@0.2); "
+                             "<ranking>@matched (a fixed budget with the paper preset's mean budget on each sample); "
+                             "<ranking>@oracle (the smallest fixed budget reproducing the full cache's output, by "
+                             "binary search: ~7 generations per sample); 'sweep' (every preset at T = 0.1%%..10%%). "
+                             "Validated before the model loads (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="samples per task and length (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated prompts (default: %(default)s)")
     parser.add_argument("--model", default="smollm2-135m", help="model name or path (default: the bundled %(default)s)")
     parser.add_argument("--backend", default="auto", help="torch | mlx | auto (default)")
     parser.add_argument("--out", default="results/eval", help="output directory; rerunning with it resumes (default: %(default)s)")
-    parser.add_argument("--window", type=int, default=8, help="observation window w (default: %(default)s)")
+    parser.add_argument("--window", type=int, default=8,
+                        help="observation window w of the h2o/snapkv fixed baselines, >= 1; presets keep their own "
+                             "(default: %(default)s)")
     parser.add_argument("--gqa", default="group", choices=["group", "expand"], help="GQA mode (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help="local dataset files for the paper's datasets (else the HF hub)")
     parser.add_argument("--haystack", default="docs", choices=["docs", "procedural"], help="filler text source (default: %(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="override every sample's decode length")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="override every sample's decode length, >= 1 (default: each task's own)")
     parser.add_argument("--results-md", default=None, metavar="PATH",
                         help="also write this results page (e.g. docs/results.md; plots go to <its folder>/assets/results)")
     parser.add_argument("--report-only", action="store_true", help="skip generation; rebuild the report from <out>/samples.jsonl")

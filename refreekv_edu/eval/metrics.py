@@ -6,6 +6,7 @@ Task metrics take a prediction string and one or more reference strings and retu
   SQuAD/LongBench/CoQA convention; the best over several references.
 - :func:`rouge_l`: ROUGE-L F-measure from the longest common subsequence of words.
 - :func:`exact_match`, :func:`contains_answer`: strict and lenient string matches.
+- :func:`continues`: the share of the prediction that continues a reference word for word (copying tasks).
 - :func:`gsm8k_accuracy`: the last number in the prediction equals the reference's ``#### <n>`` answer.
 - :func:`truthfulqa_rouge_acc`: 1 when the prediction is closer (ROUGE-L) to a true answer than to any false one.
 
@@ -117,6 +118,31 @@ def contains_answer(prediction: str, references: str | Sequence[str]) -> float:
     return sum(ref.lower() in low for ref in refs) / len(refs)
 
 
+def continues(prediction: str, references: str | Sequence[str]) -> float:
+    """Share of the prediction's words that continue a reference word for word from its start (best reference).
+
+    For copying tasks: ``1.0`` means every word written so far is the true continuation. A last word cut off by
+    the decode length counts when it is a prefix of the reference's word there. Words are compared after
+    :func:`normalize_answer`; an empty prediction scores ``0.0``.
+    """
+    pred = prediction.split()
+    if not pred:
+        return 0.0
+    best = 0.0
+    for ref in _as_list(references):
+        ref_words = [normalize_answer(w) for w in ref.split()]
+        good = 0
+        for i, word in enumerate(pred[: len(ref_words)]):
+            w = normalize_answer(word)
+            last = i == len(pred) - 1
+            if w == ref_words[i] or (last and w and ref_words[i].startswith(w)):
+                good += 1
+            else:
+                break
+        best = max(best, good / min(len(pred), len(ref_words)))
+    return best
+
+
 def classification_accuracy(prediction: str, references: str | Sequence[str], all_classes: Sequence[str] = ()) -> float:
     """LongBench-style classification (e.g. TREC): the longest class name mentioned in the prediction must be a reference.
 
@@ -208,6 +234,7 @@ METRICS: dict[str, Callable[..., float]] = {
     "rouge_l": rouge_l,
     "exact_match": exact_match,
     "contains": contains_answer,
+    "continues": continues,
     "classification": classification_accuracy,
     "gsm8k_accuracy": gsm8k_accuracy,
     "count": count_score,

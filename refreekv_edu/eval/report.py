@@ -15,11 +15,13 @@ import shlex
 import subprocess
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..policies import PRESETS
 
 #: Score differences below this count as "kept full-cache performance" (float noise in ROUGE/F1).
 KEEP_TOLERANCE = 1e-9
@@ -47,17 +49,39 @@ class SummaryRow:
     decide_s: float
     decode_s: float
     prompt_tokens: float
+    #: 95% bootstrap intervals (percentile, over samples) of ``score_mean``, ``keeps_full``, ``exact_match_full``,
+    #: ``token_agreement`` and ``kv_kept``, keyed by those names.
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (deterministic for a seed; NaN for no values).
+
+    Example:
+        >>> bootstrap_interval([1.0, 1.0, 1.0])
+        (1.0, 1.0)
+    """
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return (float(lo), float(hi))
 
 
 def _method_order(methods: Iterable[str]) -> list[str]:
     def key(m: str) -> tuple[int, str]:
         if m == "full":
             return (0, m)
-        if m.startswith("refreekv"):
-            return (1, m)
+        if m.split("@")[0] in PRESETS:
+            return (1 if m.split("@")[0] == "paper" else 2, m)
         if m.endswith("@matched"):
-            return (2, m)
-        return (3, m)
+            return (3, m)
+        if m.endswith("@oracle"):
+            return (4, m)
+        return (5, m)
 
     return sorted(set(methods), key=key)
 
@@ -76,6 +100,14 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[SummaryRow]:
             scores = np.array([r["score"] for r in rs], dtype=float)
             fulls = np.array([full_score.get(r["sample_id"], np.nan) for r in rs], dtype=float)
             kls = [r["first_token_kl"] for r in rs if r.get("first_token_kl") is not None]
+            kept_full = (scores >= fulls - KEEP_TOLERANCE).astype(float) if np.isfinite(fulls).all() else np.array([np.nan])
+            intervals = {
+                "score_mean": bootstrap_interval(scores),
+                "keeps_full": bootstrap_interval(kept_full),
+                "exact_match_full": bootstrap_interval([r["exact_match_full"] for r in rs]),
+                "token_agreement": bootstrap_interval([r["token_agreement"] for r in rs]),
+                "kv_kept": bootstrap_interval([r["kv_kept"] for r in rs]),
+            }
             needles = [r["needle_kept"] for r in rs if r.get("needle_kept") is not None]
             rows.append(SummaryRow(
                 task=task,
@@ -96,6 +128,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[SummaryRow]:
                 decide_s=float(np.mean([r["decide_s"] for r in rs])),
                 decode_s=float(np.mean([r["decode_s"] for r in rs])),
                 prompt_tokens=float(np.mean([r["prompt_tokens"] for r in rs])),
+                intervals=intervals,
             ))
     return rows
 
@@ -106,17 +139,25 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return format(x, spec)
 
 
+def _interval_cell(row: SummaryRow) -> str:
+    def pair(name: str, scale: float, spec: str, unit: str = "") -> str:
+        lo, hi = row.intervals.get(name, (float("nan"), float("nan")))
+        return f"{_fmt(scale * lo, spec)}-{_fmt(scale * hi, spec)}{unit}" if np.isfinite(lo) else "-"
+
+    return "; ".join([pair("score_mean", 1, ".2f"), pair("keeps_full", 100, ".0f", "%"), pair("exact_match_full", 100, ".0f", "%")])
+
+
 def markdown_table(rows: Sequence[SummaryRow]) -> str:
     """The summary as a GitHub markdown table (one line per task x length x method)."""
     head = ("| task | L (tok) | method | n | score mean | score worst | keeps full | token agree | exact = full "
-            "| KL 1st tok | KV kept | needle kept | prefill s | decide s | decode s |")
-    lines = [head, "|" + "---|" * 15]
+            "| KL 1st tok | KV kept | needle kept | prefill s | decide s | decode s | 95% CI: score; keeps full; exact = full |")
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         lines.append(
             f"| {r.task} | {r.prompt_tokens:.0f} | {r.method} | {r.n} | {_fmt(r.score_mean)} | {_fmt(r.score_worst)} "
             f"| {_fmt(100 * r.keeps_full, '.0f')}% | {_fmt(r.token_agreement)} | {_fmt(100 * r.exact_match_full, '.0f')}% "
             f"| {_fmt(r.first_token_kl, '.4f')} | {_fmt(100 * r.kv_kept, '.1f')}% | {_fmt(r.needle_kept, '.2f')} | {_fmt(r.prefill_s, '.2f')} "
-            f"| {_fmt(r.decide_s, '.3f')} | {_fmt(r.decode_s, '.2f')} |"
+            f"| {_fmt(r.decide_s, '.3f')} | {_fmt(r.decode_s, '.2f')} | {_interval_cell(r)} |"
         )
     return "\n".join(lines)
 
@@ -134,14 +175,14 @@ def findings(rows: Sequence[SummaryRow]) -> list[str]:
         by_task[(r.task, r.length)][r.method] = r
     keeps_all, kv = [], []
     for (task, length), methods in by_task.items():
-        ref = methods.get("refreekv")
+        ref = methods.get("paper")
         if ref is None:
             continue
         keeps_all.append(ref.keeps_full >= 1.0)
         kv.append(ref.kv_kept)
         matched = {m: r for m, r in methods.items() if m.endswith("@matched")}
         worst = min(matched.values(), key=lambda r: r.score_mean, default=None)
-        line = (f"**{task_label(task, length)}**: ReFreeKV keeps full-cache performance on "
+        line = (f"**{task_label(task, length)}**: ReFreeKV (paper) keeps full-cache performance on "
                 f"{_fmt(100 * ref.keeps_full, '.0f')}% of samples (score {_fmt(ref.score_mean)} vs full "
                 f"{_fmt(ref.full_score_mean)}, worst {_fmt(ref.score_worst)}) with {_fmt(100 * ref.kv_kept, '.1f')}% of the KV bytes; "
                 f"token agreement with the full cache {_fmt(ref.token_agreement)}.")
@@ -155,9 +196,15 @@ def findings(rows: Sequence[SummaryRow]) -> list[str]:
                 line += f"; the weakest is {worst.method}."
             else:
                 line += "."
+        oracles = {m: r for m, r in methods.items() if m.endswith("@oracle")}
+        for m, r in sorted(oracles.items()):
+            gap = 100 * (ref.mean_budget - r.mean_budget)
+            line += (f" Oracle budget ({m.split('@')[0]}: the smallest fixed budget that reproduces the full cache's "
+                     f"output) {_fmt(100 * r.mean_budget, '.1f')}% against the paper's {_fmt(100 * ref.mean_budget, '.1f')}%: "
+                     f"ReFreeKV keeps {_fmt(abs(gap), '.1f')} points {'more' if gap >= 0 else 'less'}.")
         out.append(line)
     if keeps_all:
-        out.insert(0, f"ReFreeKV matches the full cache's score on every sample in {sum(keeps_all)} of {len(keeps_all)} "
+        out.insert(0, f"ReFreeKV (the paper preset) matches the full cache's score on every sample in {sum(keeps_all)} of {len(keeps_all)} "
                       f"task/length groups, keeping {_fmt(100 * float(np.mean(kv)), '.1f')}% of the KV bytes on average.")
     return out
 
@@ -180,7 +227,7 @@ def plot_score_vs_budget(records: Sequence[dict[str, Any]], path: Path) -> Path:
     cols = min(3, len(groups))
     nrows = -(-len(groups) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(max(6.5, 4.2 * cols), 3.3 * nrows + 0.8), squeeze=False)
-    colors = {"h2o": "tab:blue", "snapkv": "tab:orange", "position": "tab:green"}
+    colors = {"h2o": "tab:blue", "snapkv": "tab:orange", "recency": "tab:green"}
     for ax, (task, length) in zip(axes.flat, groups):
         mine = [r for r in rows if (r.task, r.length) == (task, length)]
         for ranking, color in colors.items():
@@ -192,8 +239,8 @@ def plot_score_vs_budget(records: Sequence[dict[str, Any]], path: Path) -> Path:
                     ax.plot(100 * r.kv_kept, r.score_mean, "s", color=color, markersize=9, markerfacecolor="none",
                             label=f"{ranking} at ReFreeKV's budget")
         for r in mine:
-            if r.method.startswith("refreekv"):  # the default threshold in red, other thresholds in purple
-                color = "crimson" if r.method == "refreekv" else "purple"
+            if r.method.split("@")[0] in PRESETS:  # the paper preset in red, other presets/thresholds in purple
+                color = "crimson" if r.method == "paper" else "purple"
                 ax.plot(100 * r.kv_kept, r.score_mean, "*", color=color, markersize=14, label=r.method, alpha=0.85)
             if r.method == "full":
                 ax.axhline(r.score_mean, color="gray", linestyle="--", linewidth=1, label="full cache")
@@ -217,7 +264,7 @@ def plot_score_vs_budget(records: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot_budget_distribution(records: Sequence[dict[str, Any]], path: Path, method: str = "refreekv") -> Path:
+def plot_budget_distribution(records: Sequence[dict[str, Any]], path: Path, method: str = "paper") -> Path:
     """Per task: the distribution over samples of ReFreeKV's KV kept (%): budgets are an output, not an input."""
     plt = _pyplot()
     data: dict[str, list[float]] = defaultdict(list)
@@ -241,7 +288,7 @@ def plot_budget_distribution(records: Sequence[dict[str, Any]], path: Path, meth
     return path
 
 
-def plot_layer_profile(records: Sequence[dict[str, Any]], path: Path, method: str = "refreekv") -> Path:
+def plot_layer_profile(records: Sequence[dict[str, Any]], path: Path, method: str = "paper") -> Path:
     """Per task: ReFreeKV's budget of each layer, averaged over samples (which layers the method spares)."""
     plt = _pyplot()
     data: dict[str, list[list[float]]] = defaultdict(list)
@@ -265,15 +312,58 @@ def plot_layer_profile(records: Sequence[dict[str, Any]], path: Path, method: st
     return path
 
 
+def sweep_points(records: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float, float]]]:
+    """Per preset, ``(threshold, mean budget, share of outputs identical to the full cache's)`` for every threshold
+    it ran at (over all samples), sorted by threshold; presets with a single threshold are left out."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        preset = r["method"].split("@")[0]
+        if preset in PRESETS and r.get("threshold") is not None:
+            groups[(preset, float(r["threshold"]))].append(r)
+    out: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for (preset, t), rs in sorted(groups.items()):
+        out[preset].append((t, float(np.mean([r["mean_budget"] for r in rs])),
+                            float(np.mean([r["exact_match_full"] for r in rs]))))
+    return {p: pts for p, pts in out.items() if len(pts) > 1}
+
+
+def plot_threshold_sweep(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Mean budget against fidelity (output identical to the full cache's), one curve per preset, points labelled
+    by threshold; ``None`` when no preset ran at two thresholds or more (``--methods sweep`` runs them all)."""
+    points = sweep_points(records)
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for preset, pts in points.items():
+        ts, budgets, same = zip(*pts)
+        ax.plot([100 * b for b in budgets], [100 * s for s in same], "o-", label=preset)
+        for t, b, s in pts:
+            ax.annotate(f"{100 * t:g}%", (100 * b, 100 * s), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xlabel("mean budget (% of the prompt's rows kept)")
+    ax.set_ylabel("outputs identical to the full cache (%)")
+    ax.set_xlim(0, 102)
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Threshold sweep: budget vs fidelity (labels: T)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def make_plots(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """The three plots as PNG files in ``out_dir``."""
+    """The plots as PNG files in ``out_dir`` (the threshold sweep only when a preset ran at several thresholds)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [
+    paths = [
         plot_score_vs_budget(records, out_dir / "score_vs_budget.png"),
         plot_budget_distribution(records, out_dir / "budget_distribution.png"),
         plot_layer_profile(records, out_dir / "layer_profile.png"),
+        plot_threshold_sweep(records, out_dir / "threshold_sweep.png"),
     ]
+    return [p for p in paths if p is not None]
 
 
 # ---------------------------------------------------------------------------------------------- environment
@@ -377,12 +467,15 @@ def write_results_md(records: Sequence[dict[str, Any]], run_info: dict[str, Any]
         "## Summary per task x method",
         "",
         "Columns: *score* is the task metric (passkey/needles: answer found; continuation: ROUGE-L against the true text; "
-        "short: answer found); *keeps full* is the share of samples whose score is at least the full cache's; "
+        "short and reading: answer found; repeat: share of the output that continues the copied text word for word); "
+        "*keeps full* is the share of samples whose score is at least the full cache's; "
         "*token agree* is the share of the full cache's greedy tokens reproduced at the same positions; "
         "*exact = full* the share of outputs identical to the full cache's; *KL 1st tok* is KL(full || method) of the "
         "first decode step that reads the compressed cache; *KV kept* is bytes of prompt K/V held after compaction; "
-        "*needle kept* is the share of (layer, KV head) kept sets that still hold every token of the asked needle. "
-        "`<ranking>@matched` keeps, uniformly in every layer, the average budget ReFreeKV chose on that sample.",
+        "*needle kept* is the share of the pruned layers' (layer, KV head) kept sets that still hold every token of the "
+        "asked needle. "
+        "`<ranking>@matched` keeps the same share in every pruned layer (sinks and layers 0-1 kept, like the paper), "
+        "so that its mean over layers equals the budget the paper preset chose on that sample.",
         "",
         markdown_table(rows),
         "",

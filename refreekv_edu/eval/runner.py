@@ -2,8 +2,8 @@
 
 For each sample the full cache runs first: its greedy tokens and first decode logits are the
 reference for the fidelity metrics, and are kept in ``<out>/refs/`` so a resumed run does not redo
-it. ReFreeKV runs next: its average budget (``trace.mean_budget``) sets the budget of every
-``<ranking>@matched`` baseline on that sample. Each finished (sample, method) pair is appended to
+it. The ReFreeKV presets run next: the ``paper`` preset's average budget (``trace.mean_budget``) sets the
+budget of every ``<ranking>@matched`` baseline on that sample (see :func:`~.methods.matched_budget`). Each finished (sample, method) pair is appended to
 ``<out>/samples.jsonl`` at once; a rerun with the same output directory skips the pairs already there.
 
 The loop only needs ``generate(model, tokenizer, prompt, policy=..., max_new_tokens=...)`` returning a
@@ -27,7 +27,7 @@ import numpy as np
 
 from . import metrics
 from .datasets import DATASETS, load_dataset_samples
-from .methods import DEFAULT_METHODS, MethodSpec, parse_methods
+from .methods import DEFAULT_METHODS, MATCH_PRESET, ORACLE_TOLERANCE, MethodSpec, matched_budget, parse_methods
 from .tasks import TASKS, Sample, TokenCounter, make_samples
 
 SAMPLES_FILE = "samples.jsonl"
@@ -48,14 +48,15 @@ class EvalConfig:
         model: model name or path for :func:`refreekv_edu.load_model`.
         backend: ``"torch"``, ``"mlx"`` or ``"auto"``.
         out_dir: where ``samples.jsonl``, ``refs/`` and the report go.
-        window, gqa: policy settings shared by every method.
+        window: ``w`` of the ``h2o``/``snapkv`` fixed baselines (>= 1; the presets keep their own window).
+        gqa: the GQA mode of every method (``"group"`` or ``"expand"``).
         data_dir: local dataset files (see :mod:`refreekv_edu.eval.datasets`).
         haystack: ``"docs"`` (stdlib docstrings) or ``"procedural"``.
-        max_new_tokens: overrides each sample's own decode length when set.
+        max_new_tokens: overrides each sample's own decode length when set (an int >= 1).
         progress: tqdm bars.
     """
 
-    tasks: list[str] = field(default_factory=lambda: ["passkey", "multi_needle", "short", "continuation"])
+    tasks: list[str] = field(default_factory=lambda: ["passkey", "multi_needle", "short", "reading", "continuation", "repeat"])
     lengths: list[int] = field(default_factory=lambda: [1024])
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     samples: int = 2
@@ -75,16 +76,29 @@ class EvalConfig:
 
         Raises:
             ValueError: a task that is neither an offline task nor a dataset, no lengths or a length
-                below 64 tokens, ``samples < 1``, or a method name :func:`~refreekv_edu.eval.methods.parse_methods`
-                does not accept.
+                below 64 tokens, ``samples < 1``, a method name :func:`~refreekv_edu.eval.methods.parse_methods`
+                does not accept, ``window < 1``, an unknown ``gqa`` or haystack, or ``max_new_tokens < 1``.
         """
+        from ..policies import GQA_MODES
+
         unknown = [t for t in self.tasks if t not in TASKS and t not in DATASETS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; offline tasks: {', '.join(TASKS)}; datasets: {', '.join(DATASETS)}")
         if not self.lengths or any(int(n) < 64 for n in self.lengths):
             raise ValueError(f"lengths must be token counts >= 64, got {self.lengths}")
-        if self.samples < 1:
-            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ValueError(f"samples must be an int >= 1, got {self.samples!r}")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+            raise ValueError(f"window must be an int >= 1 (the h2o/snapkv baselines score candidates by the last w "
+                             f"queries; the official script uses 8), got {self.window!r}")
+        if self.max_new_tokens is not None and (
+            isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1
+        ):
+            raise ValueError(f"max_new_tokens must be an int >= 1 (or None: each task's own), got {self.max_new_tokens!r}")
+        if self.gqa not in GQA_MODES:
+            raise ValueError(f"gqa must be one of {', '.join(GQA_MODES)}, got {self.gqa!r}")
+        if self.haystack not in ("docs", "procedural"):
+            raise ValueError(f"haystack must be 'docs' or 'procedural', got {self.haystack!r}")
         parse_methods(self.methods)  # raises on a bad name
 
 
@@ -106,8 +120,8 @@ def build_samples(config: EvalConfig, count_tokens: TokenCounter | None = None) 
     for task in config.tasks:
         if task in DATASETS:
             out += load_dataset_samples(task, config.data_dir, n=config.samples, max_tokens=max(config.lengths), count_tokens=count_tokens)
-        elif task == "short":
-            out += make_samples("short", 0, config.samples, config.seed)
+        elif task in ("short", "reading"):
+            out += make_samples(task, 0, config.samples, config.seed)
         else:
             for length in config.lengths:
                 out += make_samples(task, int(length), config.samples, config.seed, count_tokens, source=config.haystack)
@@ -143,13 +157,20 @@ def sample_score(sample: Sample, text: str) -> float:
 
 
 def needle_kept(trace: Any, needle: str) -> float | None:
-    """Share of (layer, head) kept sets that still hold every token of ``needle`` (``None`` when not found)."""
+    """Share of the pruned layers' (layer, head) kept sets that still hold every token of ``needle``.
+
+    Full layers (``full_layers``, kept whole by construction) are left out; ``None`` when the needle is not found,
+    ``1.0`` when nothing was pruned.
+    """
     if not trace.layers or not trace.tokens:
         return None if not trace.tokens else 1.0
     pos = trace.positions_of(needle)
     if not pos:
         return None
-    return float((trace.kept_share(pos) == 1.0).mean())
+    pruned = [i for i, d in enumerate(trace.layers) if not d.full_layer]
+    if not pruned:
+        return 1.0
+    return float((trace.kept_share(pos)[pruned] == 1.0).mean())
 
 
 @dataclass
@@ -214,7 +235,7 @@ class Runner:
                             digest=np.asarray(prompt_digest(sample)))
         return _Reference(list(result.tokens), logits if logits.size else None)
 
-    def record(self, sample: Sample, method: MethodSpec, policy: Any, result: Any, ref: _Reference, matched_budget: float | None,
+    def record(self, sample: Sample, method: MethodSpec, policy: Any, result: Any, ref: _Reference, matched: float | None,
                wall_s: float) -> dict[str, Any]:
         """The JSON record of one (sample, method) run."""
         text = result.text.strip()
@@ -222,19 +243,20 @@ class Runner:
         full_bytes = int(stats.get("kv_bytes_full") or 0)
         kept_bytes = int(stats.get("kv_bytes_kept", full_bytes) or 0)
         kl = None
+        trace = result.trace
         if ref.first_logits is not None and result.first_logits is not None:
             kl = metrics.first_token_kl(ref.first_logits, np.asarray(result.first_logits))
-        trace = result.trace
         return {
             "sample_id": sample.id,
             "task": sample.task,
             "length": sample.meta.get("length") or 0,
             "method": method.name,
             "kind": method.kind,
-            "ranking": method.ranking,
+            "preset": method.preset,
+            "ranking": policy.ranking,
             "policy": repr(policy),
-            "threshold": method.threshold,
-            "budget_target": {"fixed": method.budget, "matched": matched_budget}.get(method.kind),
+            "threshold": policy.threshold,
+            "budget_target": policy.budget if method.kind in ("fixed", "matched", "oracle") else None,
             "digest": prompt_digest(sample),
             "prompt_tokens": int(stats.get("prompt_tokens", 0)),
             "new_tokens": int(stats.get("new_tokens", len(result.tokens))),
@@ -249,6 +271,7 @@ class Runner:
             "needle_kept": needle_kept(trace, sample.meta["needle"]) if sample.meta.get("needle") else None,
             "mean_budget": trace.mean_budget if trace.layers else 1.0,
             "layer_budgets": [round(float(b), 5) for b in trace.budgets] if trace.layers else [],
+            "full_layers": [i for i, d in enumerate(trace.layers) if d.full_layer],
             "kv_bytes_full": full_bytes,
             "kv_bytes_kept": kept_bytes,
             "kv_kept": kept_bytes / full_bytes if full_bytes else 1.0,
@@ -284,32 +307,66 @@ class Runner:
                 if all((sample.id, m.name) in done for m in self.methods):
                     continue
                 ref = self._load_reference(sample)  # full cache's tokens + logits, saved by an earlier run
-                matched = done.get((sample.id, "refreekv"), {}).get("mean_budget")
+                matched = _matched_from(done.get((sample.id, MATCH_PRESET)))
                 for method in self.methods:  # "full" comes first, then "refreekv", then the baselines
                     recorded = (sample.id, method.name) in done
                     rebuild_ref = method.kind == "full" and ref is None  # reference lost: rerun full, record nothing new
                     if recorded and not rebuild_ref:
                         continue
                     if method.kind == "matched" and matched is None:
-                        raise RuntimeError(f"no ReFreeKV budget for sample {sample.id!r}; 'refreekv' must run before {method.name!r}")
-                    policy = method.policy(self.config.window, self.config.gqa, matched_budget=matched)
+                        raise RuntimeError(f"no {MATCH_PRESET!r} budget for sample {sample.id!r}; {MATCH_PRESET!r} must run "
+                                           f"before {method.name!r}")
                     bar.set_postfix_str(f"{sample.id} {method.name}")
                     start = time.perf_counter()
-                    result = self._generate(sample, policy)
+                    probes = None
+                    if method.kind == "oracle":
+                        policy, result, probes = self._oracle(sample, method, ref)
+                    else:
+                        policy = method.policy(self.config.window, self.config.gqa, matched_budget=matched)
+                        result = self._generate(sample, policy)
                     wall = time.perf_counter() - start
                     if method.kind == "full":
                         ref = self._save_reference(sample, result)
-                    if method.name == "refreekv":  # the default threshold sets the matched baselines' budget
-                        matched = result.trace.mean_budget if result.trace.layers else 1.0
+                    if method.name == MATCH_PRESET:  # the paper preset sets the matched baselines' budget
+                        t = result.trace
+                        matched = matched_budget(t.mean_budget, len(t.layers), sum(d.full_layer for d in t.layers)) if t.layers else 1.0
                     if recorded:
                         continue
                     rec = self.record(sample, method, policy, result, ref, matched, wall)
+                    if probes is not None:
+                        rec["oracle_probes"] = probes
                     done[(sample.id, method.name)] = rec
                     sink.write(json.dumps(rec) + "\n")
                     sink.flush()
                     bar.update(1)
         bar.close()
         return [done[(s.id, m.name)] for s in samples for m in self.methods if (s.id, m.name) in done]
+
+    def _oracle(self, sample: Sample, method: MethodSpec, ref: _Reference) -> tuple[Any, Any, list[list[float]]]:
+        """Binary search for the smallest budget whose greedy output equals the full cache's.
+
+        Returns the policy and result at that budget and the probes ``[[budget, same_as_full], ...]``.
+        Budget 1.0 keeps every row and is taken to reproduce the full cache (it is run only if no probe did).
+        """
+        def probe(budget: float) -> tuple[Any, Any, bool]:
+            policy = method.policy(self.config.window, self.config.gqa, matched_budget=budget)
+            result = self._generate(sample, policy)
+            return policy, result, list(result.tokens) == list(ref.tokens)
+
+        lo, hi, best, probes = 0.0, 1.0, None, []
+        while hi - lo > ORACLE_TOLERANCE:
+            mid = (lo + hi) / 2
+            policy, result, same = probe(mid)
+            probes.append([round(mid, 6), float(same)])
+            if same:
+                hi, best = mid, (policy, result)
+            else:
+                lo = mid
+        if best is None:
+            policy, result, same = probe(1.0)
+            probes.append([1.0, float(same)])
+            best = (policy, result)
+        return best[0], best[1], probes
 
     def write_run_info(self, argv: list[str] | None = None) -> Path:
         """``<out>/run.json``: the config, the command line and the machine (read by the report)."""
@@ -319,6 +376,16 @@ class Runner:
         path = self.out / "run.json"
         path.write_text(json.dumps(info, indent=1))
         return path
+
+
+def _matched_from(record: dict[str, Any] | None) -> float | None:
+    """The matched baselines' per-layer budget from a recorded ``paper`` run (``None`` without one)."""
+    if not record:
+        return None
+    layers = record.get("layer_budgets") or []
+    if not layers:
+        return 1.0
+    return matched_budget(record["mean_budget"], len(layers), len(record.get("full_layers", [])))
 
 
 class _NoBar:

@@ -9,6 +9,11 @@ Tasks (all deterministic given ``(task, length, index, seed)`` and the haystack 
   good policy should prune almost nothing. Metric: ``contains``.
 - ``continuation``: long natural text cut mid-paragraph; continue it (no chat template). Metric: ``rouge_l``
   against the true rest of the paragraph; the fidelity metrics matter most here.
+- ``reading``: a short made-up paragraph about a person (~120 tokens) and one question about a fact in it
+  (reading comprehension). Metric: ``contains``.
+- ``repeat``: a long, redundant text: one paragraph written out again and again, then begun once more and cut
+  (no chat template); continuing it means copying. Metric: ``continues`` (the output is the true rest, word by
+  word). A good policy may prune such a text hard: every copy but the newest is redundant.
 
 ``length`` is a target in tokens for the whole prompt. Pass ``count_tokens`` (the model's tokenizer) to
 hit it closely; the default estimate is four characters per token.
@@ -25,7 +30,7 @@ from .haystack import haystack_units
 
 TokenCounter = Callable[[str], int]
 
-TASKS = ("passkey", "multi_needle", "short", "continuation")
+TASKS = ("passkey", "multi_needle", "short", "continuation", "reading", "repeat")
 DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
 
 
@@ -216,6 +221,71 @@ def continuation(length: int, seed: int, index: int = 0, count: TokenCounter = a
     )
 
 
+_PEOPLE = (("Mara", "she", "her"), ("Tomas", "he", "his"), ("Ines", "she", "her"), ("Pavel", "he", "his"),
+           ("Lena", "she", "her"), ("Oskar", "he", "his"), ("Nadia", "she", "her"), ("Felix", "he", "his"))
+_TOWNS = ("Eskby", "Valmont", "Corrin", "Haldor", "Brisa", "Tolland", "Maribel", "Odessen")
+_JOBS = ("baker", "teacher", "nurse", "carpenter", "librarian", "fisher", "painter", "gardener")
+_COLOURS = ("blue", "red", "green", "yellow", "white", "orange")
+_PETS = (("cat", "Pepper"), ("dog", "Biscuit"), ("parrot", "Kiwi"), ("rabbit", "Clover"), ("goat", "Juniper"))
+_PLANTS = ("tomatoes", "roses", "potatoes", "tulips", "carrots", "sunflowers")
+
+
+def reading(seed: int, index: int = 0) -> Sample:
+    """A made-up paragraph (~120 tokens) with several facts; the question asks for one (cycling with ``index``)."""
+    rng = random.Random(f"reading-{seed}-{index}")
+    (name, he, his), town, job = rng.choice(_PEOPLE), rng.choice(_TOWNS), rng.choice(_JOBS)
+    colour, (pet, pet_name), plant = rng.choice(_COLOURS), rng.choice(_PETS), rng.choice(_PLANTS)
+    paragraph = (
+        f"{name} lives in {town}, a small town between the hills and the sea. {he.capitalize()} works as a {job} "
+        f"and walks to work every morning, whatever the weather. {his.capitalize()} house is painted {colour}, and "
+        f"in the garden behind it {he} grows {plant}. {name} has a {pet} called {pet_name}, who sleeps by the stove "
+        f"all winter. On Sundays {he} visits {his} sister in the city, and they cook dinner together."
+    )
+    questions = (
+        (f"In which town does {name} live?", town, "town"),
+        (f"What colour is {name}'s house?", colour, "colour"),
+        (f"What is the name of {name}'s {pet}?", pet_name, "pet"),
+        (f"What does {name} grow in the garden?", plant, "plant"),
+        (f"What is {name}'s job?", job, "job"),
+    )
+    question, answer, kind = questions[index % len(questions)]
+    return Sample(
+        id=f"reading-s{seed}-i{index}",
+        task="reading",
+        prompt=f"Read the paragraph and answer the question.\n\n{paragraph}\n\nQuestion: {question} Answer in one word.",
+        references=[answer],
+        metric="contains",
+        max_new_tokens=12,
+        meta={"length": 0, "kind": kind},
+    )
+
+
+def repeat(length: int, seed: int, index: int = 0, count: TokenCounter = approx_tokens, source: str = "docs",
+           reference_words: int = 16) -> Sample:
+    """One paragraph written out until ~``length`` tokens, then begun again and cut; the reference is what follows.
+
+    The cut falls after the first third of the paragraph's words; the reference is the next ``reference_words``.
+    """
+    units = haystack_units(source, seed * 1000 + 700 + index, 64)
+    if source == "procedural":
+        units = [" ".join(units[i : i + 4]) for i in range(0, len(units), 4)]
+    paragraph = next(u for u in units if 24 <= len(u.split()) <= 120)
+    words = paragraph.split()
+    cut = len(words) // 3
+    lead, rest = " ".join(words[:cut]), " ".join(words[cut : cut + reference_words])
+    copies = max(1, (length - count(lead) - 2) // (count(paragraph) + 1))
+    return Sample(
+        id=f"repeat-L{length}-s{seed}-i{index}",
+        task="repeat",
+        prompt="\n\n".join([paragraph] * copies + [lead]),
+        references=[rest],
+        metric="continues",
+        chat=False,
+        max_new_tokens=12,
+        meta={"length": length, "copies": copies, "haystack": source},
+    )
+
+
 def make_samples(
     task: str,
     length: int,
@@ -225,14 +295,14 @@ def make_samples(
     depths: Sequence[float] = DEFAULT_DEPTHS,
     source: str = "docs",
 ) -> list[Sample]:
-    """``n`` samples of ``task`` at ~``length`` tokens (``short`` ignores ``length``).
+    """``n`` samples of ``task`` at ~``length`` tokens (``short`` and ``reading`` ignore ``length``).
 
     ``passkey`` cycles through ``depths``; sample ``i`` of a task is always the same for the same seed.
     """
     count = count_tokens or approx_tokens
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; offline tasks: {', '.join(TASKS)} (datasets: see eval.datasets)")
-    if task != "short" and length < 64:
+    if task not in ("short", "reading") and length < 64:
         raise ValueError(f"length must be at least 64 tokens for task {task!r}, got {length}")
     if task == "passkey":
         return [passkey(length, depths[i % len(depths)], seed, i, count, source) for i in range(n)]
@@ -240,4 +310,8 @@ def make_samples(
         return [multi_needle(length, seed, i, count=count, source=source) for i in range(n)]
     if task == "short":
         return [short_instruction(seed, i) for i in range(n)]
+    if task == "reading":
+        return [reading(seed, i) for i in range(n)]
+    if task == "repeat":
+        return [repeat(length, seed, i, count, source) for i in range(n)]
     return [continuation(length, seed, i, count, source) for i in range(n)]

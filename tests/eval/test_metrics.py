@@ -96,3 +96,13 @@ def test_first_token_kl_matches_definition():
     assert m.first_token_kl([0.0, 0.0], [1.0, 0.0]) == pytest.approx(expected)
     with pytest.raises(ValueError, match="vocabulary"):
         m.first_token_kl(np.zeros(3), np.zeros(4))
+
+
+def test_continues_counts_words_that_follow_the_reference():
+    ref = ["keys and their counts are stored as values"]
+    assert m.continues("keys and their counts", ref) == 1.0
+    assert m.continues(" Keys, and their coun", ref) == 1.0  # the last word may be cut by the decode length
+    assert m.continues("keys and the counts are", ref) == pytest.approx(2 / 5)  # stops at the first wrong word
+    assert m.continues("values keys and", ref) == 0.0 and m.continues("", ref) == 0.0
+    assert m.continues("a b", ["x y", "a b c"]) == 1.0  # the best reference
+    assert m.score("continues", "keys and", ref) == 1.0

@@ -19,7 +19,7 @@ from refreekv_edu.eval.runner import EvalConfig, Runner, needle_kept, read_recor
 
 
 class FakeModel:
-    """A numpy stand-in for a model: two layers, Hq=4, Hkv=2, D=8, one "token" per word."""
+    """A numpy stand-in for a model: four layers (the paper keeps 0 and 1 whole), Hq=4, Hkv=2, D=8, one "token" per word."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -32,7 +32,7 @@ def fake_generate(model, tokenizer, prompt, policy, max_new_tokens):
     rng = np.random.default_rng(seed)
     layers = []
     if policy.compresses:
-        for i in range(2):
+        for i in range(4):
             q = rng.normal(size=(4, 8, 8)).astype(np.float32)
             k = rng.normal(size=(2, len(words), 8)).astype(np.float32)
             layers.append(policy.decide_layer(q, k, layer=i))
@@ -51,7 +51,7 @@ def fake_generate(model, tokenizer, prompt, policy, max_new_tokens):
     return rk.GenerationResult(text=f"The number is {number}.", tokens=tokens, trace=trace, stats=stats, first_logits=logits)
 
 
-def make_runner(tmp_path, model=None, methods=("full", "refreekv", "h2o@matched", "position@0.5"), **kw):
+def make_runner(tmp_path, model=None, methods=("full", "paper", "h2o@matched", "recency@0.5"), **kw):
     kw.setdefault("haystack", "procedural")
     config = EvalConfig(tasks=["passkey", "short"], lengths=[96], methods=list(methods), samples=2, out_dir=str(tmp_path),
                         progress=False, **kw)
@@ -66,14 +66,23 @@ def test_records_scores_fidelity_and_matched_budget(tmp_path):
     assert runner.model.calls == 16
     by = {(r["sample_id"], r["method"]): r for r in lines}
     pk = "passkey-L96-d0.10-s0-i0"
-    full, refree, matched, fixed = (by[(pk, m)] for m in ("full", "refreekv", "h2o@matched", "position@0.5"))
+    full, refree, matched, fixed = (by[(pk, m)] for m in ("full", "paper", "h2o@matched", "recency@0.5"))
     assert full["score"] == 1.0 and full["token_agreement"] == 1.0 and full["first_token_kl"] == 0.0
     assert full["kv_kept"] == 1.0 and full["layer_budgets"] == [] and full["mean_budget"] == 1.0
-    # matched: the fixed budget is exactly ReFreeKV's average budget on this sample
-    assert matched["budget_target"] == pytest.approx(refree["mean_budget"])
-    assert matched["policy"].startswith("FixedBudget(budget=")
-    assert fixed["budget_target"] == 0.5 and fixed["mean_budget"] == pytest.approx(0.5, abs=1 / 80)
-    assert len(refree["layer_budgets"]) == 2 and refree["mean_budget"] == pytest.approx(np.mean(refree["layer_budgets"]), abs=1e-4)
+    # the paper preset: layers 0 and 1 whole, the others pruned; its repr names the preset
+    assert refree["full_layers"] == [0, 1] and refree["layer_budgets"][:2] == [1.0, 1.0]
+    assert refree["policy"].startswith("ReFreeKV(preset='paper'") and refree["threshold"] == 0.01
+    assert len(refree["layer_budgets"]) == 4 and refree["mean_budget"] == pytest.approx(np.mean(refree["layer_budgets"]), abs=1e-4)
+    # matched: layers 0-1 whole plus b in layers 2-3, so that the mean over the 4 layers is the paper's mean
+    pruned_mean = np.mean(refree["layer_budgets"][2:])
+    assert matched["budget_target"] == pytest.approx(pruned_mean, abs=1e-4)
+    assert matched["budget_target"] == pytest.approx((4 * refree["mean_budget"] - 2) / 2, abs=1e-4)
+    assert matched["mean_budget"] == pytest.approx(refree["mean_budget"], abs=2 / 96)  # ceil of b * L rows per layer
+    assert matched["policy"].startswith("FixedBudget(budget=") and "sinks=4" in matched["policy"]
+    assert matched["full_layers"] == [0, 1] and matched["ranking"] == "h2o"
+    # recency@0.5: 50% of the rows in layers 2-3, layers 0-1 whole: mean (1 + 1 + 0.5 + 0.5) / 4
+    assert fixed["budget_target"] == 0.5 and fixed["mean_budget"] == pytest.approx(0.75, abs=1 / 96)
+    assert fixed["layer_budgets"][2] == pytest.approx(0.5, abs=1 / 96) and "window=0" in fixed["policy"]
     # KL: full logits are arange(10), compressed ones 1.1 * arange(10): compare with the definition
     p = np.exp(np.arange(10.0)) / np.exp(np.arange(10.0)).sum()
     q = np.exp(1.1 * np.arange(10.0)) / np.exp(1.1 * np.arange(10.0)).sum()
@@ -88,15 +97,15 @@ def test_resume_skips_done_pairs_and_reruns_missing(tmp_path):
     first = runner.run()
     again = make_runner(tmp_path)
     assert again.run() == first and again.model.calls == 0
-    # Drop every refreekv record and the refs: ReFreeKV, and the full reference (not re-recorded), run again.
+    # Drop every paper record and the refs: the paper preset, and the full reference (not re-recorded), run again.
     lines = (tmp_path / "samples.jsonl").read_text().splitlines()
-    kept = [ln for ln in lines if json.loads(ln)["method"] != "refreekv"]
+    kept = [ln for ln in lines if json.loads(ln)["method"] != "paper"]
     (tmp_path / "samples.jsonl").write_text("\n".join(kept) + "\n" + '{"torn": ')  # plus a torn last line
     for f in (tmp_path / "refs").iterdir():
         f.unlink()
     third = make_runner(tmp_path)
     records = third.run()
-    assert third.model.calls == 4 + 4  # 4 refreekv runs + 4 full runs to rebuild the references
+    assert third.model.calls == 4 + 4  # 4 paper runs + 4 full runs to rebuild the references
     assert sum(r["method"] == "full" for r in read_records(tmp_path / "samples.jsonl")) == 4
     old = {(r["sample_id"], r["method"]): r["score"] for r in first}
     assert {(r["sample_id"], r["method"]): r["score"] for r in records} == old
@@ -110,18 +119,39 @@ def test_resume_refuses_a_different_prompt(tmp_path):
 
 def test_methods_parsing():
     names = [s.name for s in meth.parse_methods(["snapkv@matched", "h2o@0.2"])]
-    assert names == ["full", "refreekv", "snapkv@matched", "h2o@0.2"]  # full first, refreekv added for matched
+    assert names == ["full", "paper", "snapkv@matched", "h2o@0.2"]  # full first, paper added for matched
     assert [s.name for s in meth.parse_methods("default")] == list(meth.DEFAULT_METHODS)
     assert len(meth.parse_methods(["all"])) == len(meth.ALL_METHODS)
-    assert meth.parse_method("refreekv@0.1").threshold == 0.1
-    pol = meth.parse_method("position@0.8").policy(window=4)
-    assert isinstance(pol, rk.FixedBudget) and pol.budget == 0.8 and pol.ranking == "position" and pol.window == 4
+    assert {"sinks-in-metric", "h2o-ranking"} <= set(meth.ALL_METHODS)
+    # presets by name, with their own fields; a threshold override; the old name is an alias of the paper preset
+    for name in rk.policies.PRESETS:
+        pol = meth.parse_method(name).policy()
+        assert pol == rk.ReFreeKV.preset(name) and pol.preset_name == name
+    assert meth.parse_method("paper@0.02").policy() == rk.ReFreeKV(threshold=0.02)
+    assert meth.parse_method("official-script@0.1").policy().window == 8
+    assert meth.parse_method("refreekv").name == "paper" and meth.parse_method("refreekv@0.1").name == "paper@0.1"
+    assert meth.parse_method("paper").policy(gqa="expand").gqa == "expand"
+    pol = meth.parse_method("recency@0.8").policy(window=4)
+    assert pol == rk.FixedBudget(budget=0.8, ranking="recency", window=0, sinks=4, full_layers=(0, 1))
+    pol = meth.parse_method("snapkv@0.3").policy(window=4)
+    assert (pol.ranking, pol.window, pol.sinks, pol.full_layers, pol.budget) == ("snapkv", 4, 4, (0, 1), 0.3)
+    assert meth.parse_method("h2o@matched").policy(matched_budget=0.4).budget == 0.4
+    assert meth.matched_budget(0.6, 30, 2) == pytest.approx((18 - 2) / 28)
+    assert meth.matched_budget(0.05, 30, 2) == 1e-3 and meth.matched_budget(0.9, 2, 2) == 1.0
     with pytest.raises(ValueError, match="unknown method"):
         meth.parse_method("h2o-50")
+    with pytest.raises(ValueError, match="'position' ranking is gone"):
+        meth.parse_method("position@0.5")
+    with pytest.raises(ValueError, match="unknown method 'papr'"):
+        meth.parse_method("papr")
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         meth.parse_method("h2o@1.5")
-    with pytest.raises(ValueError, match="run 'refreekv' first"):
+    with pytest.raises(ValueError, match=r"threshold must lie in \(0, 1\)"):
+        meth.parse_method("paper@1.5")
+    with pytest.raises(ValueError, match="run 'paper' first"):
         meth.parse_method("h2o@matched").policy()
+    with pytest.raises(ValueError, match="no methods"):
+        meth.parse_methods([])
 
 
 def test_bad_config_is_explained(tmp_path):
@@ -129,6 +159,34 @@ def test_bad_config_is_explained(tmp_path):
         make_runner(tmp_path / "a").config.__class__(tasks=["nope"]).validate()
     with pytest.raises(ValueError, match="lengths"):
         EvalConfig(lengths=[10]).validate()
+    with pytest.raises(ValueError, match="window must be an int >= 1"):
+        EvalConfig(window=0).validate()
+    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 1"):
+        EvalConfig(max_new_tokens=0).validate()
+    with pytest.raises(ValueError, match="gqa must be"):
+        EvalConfig(gqa="both").validate()
+    with pytest.raises(ValueError, match="'position' ranking is gone"):
+        EvalConfig(methods=["full", "position@0.5"]).validate()
+    with pytest.raises(ValueError, match="samples must be"):
+        EvalConfig(samples=0).validate()
+
+
+def test_cli_validates_before_loading_the_model(monkeypatch, capsys):
+    """Bad --methods/--window/--max-new-tokens fail with a clear message before any model is loaded."""
+    from refreekv_edu import models
+    from refreekv_edu.cli import main
+
+    def no_load(*a, **k):
+        raise AssertionError("the model must not be loaded for a bad argument")
+
+    monkeypatch.setattr(models, "load_model", no_load)
+    for argv, message in ((["--methods", "full", "position@0.5"], "'position' ranking is gone"),
+                          (["--methods", "paper@2"], "threshold must lie in"),
+                          (["--window", "0"], "window must be an int >= 1"),
+                          (["--max-new-tokens", "0"], "max_new_tokens must be an int >= 1")):
+        assert main(["eval", *argv, "--out", "/nonexistent/never-written"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.startswith("refreekv-edu eval: error:")
 
 
 def test_needle_kept_counts_whole_needles_per_layer_and_head():
@@ -140,6 +198,12 @@ def test_needle_kept_counts_whole_needles_per_layer_and_head():
                            window=2, threshold=0.05, policy="refreekv", ranking="h2o", gqa="group")
     assert needle_kept(rk.Trace(layers=[dec], tokens=tokens), "12345") == 0.5  # head 0 keeps all, head 1 misses 3 and 4
     assert needle_kept(rk.Trace(layers=[dec], tokens=tokens), "99999") is None
+    full = rk.LayerDecision(kept=np.arange(8)[None].repeat(2, 0), order=np.zeros((2, 0), np.int64),
+                            scores=np.zeros((2, 0), np.float32), last_attn=np.zeros((2, 0), np.float32),
+                            curve=np.zeros(0, np.float32), n_evicted=0, prompt_len=8, window=0, threshold=0.01,
+                            policy="refreekv", ranking="recency", gqa="group", full_layer=True)
+    assert needle_kept(rk.Trace(layers=[full, dec], tokens=tokens), "12345") == 0.5  # full layers do not count
+    assert needle_kept(rk.Trace(layers=[full], tokens=tokens), "12345") == 1.0
 
 
 def _record(sid, method, score, kv, task="passkey", length=96):
@@ -150,15 +214,23 @@ def _record(sid, method, score, kv, task="passkey", length=96):
 
 def test_summary_by_hand():
     recs = [_record("a", "full", 1.0, 1.0), _record("b", "full", 0.0, 1.0),
-            _record("a", "refreekv", 1.0, 0.2), _record("b", "refreekv", 0.0, 0.4),
+            _record("a", "paper", 1.0, 0.2), _record("b", "paper", 0.0, 0.4),
             _record("a", "h2o@matched", 0.0, 0.2), _record("b", "h2o@matched", 1.0, 0.4)]
     rows = {r.method: r for r in report.summarize(recs)}
-    assert list(rows) == ["full", "refreekv", "h2o@matched"]
-    assert rows["refreekv"].keeps_full == 1.0 and rows["refreekv"].kv_kept == pytest.approx(0.3)
+    assert list(rows) == ["full", "paper", "h2o@matched"]
+    assert rows["paper"].keeps_full == 1.0 and rows["paper"].kv_kept == pytest.approx(0.3)
     assert rows["h2o@matched"].keeps_full == 0.5  # loses sample a, gains sample b (that counts as keeping)
     assert rows["h2o@matched"].score_mean == 0.5 and rows["h2o@matched"].score_worst == 0.0
     table = report.markdown_table(report.summarize(recs))
-    assert table.count("\n") == 1 + 3 and "| passkey | 100 | refreekv | 2 | 0.500 | 0.000 | 100% |" in table
+    assert table.count("\n") == 1 + 3 and "| passkey | 100 | paper | 2 | 0.500 | 0.000 | 100% |" in table
+    # 95% bootstrap intervals over the two samples: scores 1 and 0 -> the mean's interval spans 0..1
+    assert rows["paper"].intervals["score_mean"] == (0.0, 1.0) and rows["paper"].intervals["keeps_full"] == (1.0, 1.0)
+    assert rows["h2o@matched"].intervals["keeps_full"] == (0.0, 1.0)
+    assert "| 0.00-1.00; 100-100%; 100-100% |" in table.splitlines()[3]
+    assert report.bootstrap_interval([0.2, 0.2]) == pytest.approx((0.2, 0.2))
+    lo, hi = report.bootstrap_interval(np.r_[np.zeros(10), np.ones(10)])
+    assert 0.25 <= lo <= 0.35 and 0.65 <= hi <= 0.75  # mean 0.5, standard error ~0.11
+    assert all(np.isnan(report.bootstrap_interval([])))
     text = " ".join(report.findings(report.summarize(recs)))
     assert "every sample in 1 of 1 task/length groups" in text and "30.0% of the KV bytes" in text
 
@@ -199,12 +271,12 @@ def test_runner_on_tiny_random_llama(tmp_path):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     tok = _byte_tokenizer()
-    config = LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+    config = LlamaConfig(num_hidden_layers=4, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                          num_key_value_heads=2, head_dim=16, vocab_size=256, max_position_embeddings=512)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     cfg = EvalConfig(tasks=["passkey", "continuation"], lengths=[400], samples=1, out_dir=str(tmp_path),
-                     methods=["full", "refreekv", "snapkv@matched", "h2o@0.5"], max_new_tokens=4, haystack="procedural",
+                     methods=["full", "paper", "snapkv@matched", "h2o@0.5"], max_new_tokens=4, haystack="procedural",
                      progress=False)
     runner = Runner(cfg, model=model, tokenizer=tok)
     records = runner.run()
@@ -214,8 +286,11 @@ def test_runner_on_tiny_random_llama(tmp_path):
         full, fixed = by[(task, "full")], by[(task, "h2o@0.5")]
         assert full["token_agreement"] == 1.0 and full["first_token_kl"] == pytest.approx(0.0, abs=1e-6)
         assert full["kv_kept"] == 1.0 and 300 <= full["prompt_tokens"] <= 400
-        assert fixed["kv_kept"] == pytest.approx(fixed["mean_budget"], abs=0.02) and fixed["kv_kept"] < 0.6
-        assert by[(task, "snapkv@matched")]["budget_target"] == pytest.approx(by[(task, "refreekv")]["mean_budget"])
+        # h2o@0.5: layers 0-1 whole, 50% in layers 2-3 -> 75% of the rows and of the bytes
+        assert fixed["kv_kept"] == pytest.approx(fixed["mean_budget"], abs=0.02)
+        assert fixed["mean_budget"] == pytest.approx(0.75, abs=0.01)
+        paper, matched = by[(task, "paper")], by[(task, "snapkv@matched")]
+        assert paper["full_layers"] == [0, 1] and matched["mean_budget"] == pytest.approx(paper["mean_budget"], abs=0.01)
     table = report.markdown_table(report.summarize(records))
     assert "snapkv@matched" in table
     calls = []
@@ -242,3 +317,59 @@ def test_cli_report_only_rebuilds_from_records(tmp_path, capsys):
     assert "| short |" in printed and (out / "summary.md").exists() and (tmp_path / "results.md").exists()
     assert (out / "plots" / "layer_profile.png").exists()
     assert parser.parse_args(["--tasks", "passkey,short", "gsm8k"]).tasks == ["passkey,short", "gsm8k"]
+
+
+def test_threshold_sweep_methods_and_plot(tmp_path):
+    names = [s.name for s in meth.parse_methods(["sweep"])]
+    assert names[0] == "full" and len(names) == 1 + 4 * 5
+    assert "paper" in names and "paper@0.01" not in names  # the preset's own threshold keeps the bare name
+    assert "official-script@0.001" in names and "official-script@0.1" in names and "paper@0.1" in names
+    assert "official-script" not in names  # its own T = 0.05 is not one of the sweep thresholds
+    assert meth.parse_method("paper@0.01").name == "paper" and meth.parse_method("paper@0.01").threshold is None
+    records = make_runner(tmp_path / "run", methods=("full", "paper@0.001", "paper", "paper@0.1", "official-script")).run()
+    points = report.sweep_points(records)
+    assert list(points) == ["paper"]  # official-script ran at one threshold only: no curve
+    ts, budgets, _ = zip(*points["paper"])
+    assert ts == (0.001, 0.01, 0.1)
+    assert budgets[0] >= budgets[1] >= budgets[2]  # a larger threshold never keeps more
+    by_t = {t: [r["mean_budget"] for r in records if r["method"] == m] for t, m in
+            ((0.001, "paper@0.001"), (0.01, "paper"), (0.1, "paper@0.1"))}
+    assert budgets == tuple(pytest.approx(np.mean(by_t[t])) for t in ts)
+    pytest.importorskip("matplotlib")
+    assert report.plot_threshold_sweep(records, tmp_path / "s.png").stat().st_size > 1000
+    assert report.plot_threshold_sweep([r for r in records if r["method"] != "paper@0.1" and r["method"] != "paper@0.001"],
+                                       tmp_path / "t.png") is None
+
+
+def test_oracle_budget_is_the_smallest_fixed_budget_that_reproduces_the_full_cache(tmp_path):
+    """The stand-in changes its output only when its mean budget drops under 0.5; with layers 0 and 1 of 4 kept
+    whole that never happens, so every probe reproduces the full cache and the search halves down to the tolerance."""
+    records = make_runner(tmp_path, methods=("full", "paper", "recency@oracle")).run()
+    by = {(r["sample_id"], r["method"]): r for r in records}
+    rec = by[("passkey-L96-d0.10-s0-i0", "recency@oracle")]
+    probes = rec["oracle_probes"]
+    assert [p[0] for p in probes] == [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625]  # halving, all reproduce
+    assert all(p[1] == 1.0 for p in probes) and rec["budget_target"] == 0.015625
+    assert rec["exact_match_full"] == 1.0 and rec["policy"].startswith("FixedBudget(budget=0.015625, ranking='recency'")
+    assert meth.parse_method("snapkv@oracle").kind == "oracle"
+    with pytest.raises(ValueError, match="budget to probe"):
+        meth.parse_method("h2o@oracle").policy()
+    text = " ".join(report.findings(report.summarize(records)))
+    assert "Oracle budget (recency" in text and "ReFreeKV keeps" in text
+
+
+def test_oracle_search_finds_the_edge(tmp_path):
+    """A stand-in whose output breaks below a fixed budget of 0.3 per pruned layer: the search brackets 0.3."""
+
+    def generate(model, tokenizer, prompt, policy, max_new_tokens):
+        result = fake_generate(model, tokenizer, prompt, policy, max_new_tokens)
+        budget = getattr(policy, "budget", 1.0)
+        result.tokens = [1, 2, 3] if budget >= 0.3 else [1, 2, 4]
+        return result
+
+    config = EvalConfig(tasks=["short"], lengths=[96], methods=["full", "h2o@oracle"], samples=1, out_dir=str(tmp_path),
+                        progress=False)
+    records = Runner(config, model=FakeModel(), tokenizer=None, generate_fn=generate).run()
+    rec = next(r for r in records if r["method"] == "h2o@oracle")
+    assert 0.3 <= rec["budget_target"] <= 0.3 + meth.ORACLE_TOLERANCE
+    assert [p[0] for p in rec["oracle_probes"]][:3] == [0.5, 0.25, 0.375] and rec["exact_match_full"] == 1.0

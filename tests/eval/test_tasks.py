@@ -86,3 +86,31 @@ def test_bad_arguments():
         tasks.passkey(512, 1.5, seed=0)
     with pytest.raises(ValueError, match="haystack source"):
         haystack.haystack_units("wiki", 0, 3)
+
+
+def test_reading_asks_a_fact_stated_once_in_the_paragraph():
+    samples = tasks.make_samples("reading", 0, 5, seed=0)
+    assert [s.meta["kind"] for s in samples] == ["town", "colour", "pet", "plant", "job"]
+    for s in samples:
+        paragraph = s.prompt.split("\n\n")[1]
+        assert s.chat and s.metric == "contains" and words(s.prompt) < 140
+        assert paragraph.count(s.references[0]) == 1  # the answer is in the text, once
+        assert s.prompt.endswith("Answer in one word.") and s.prompt.startswith("Read the paragraph")
+    colour = samples[1]
+    assert colour.references[0] in ("blue", "red", "green", "yellow", "white", "orange")
+    assert f"house is painted {colour.references[0]}" in colour.prompt
+    assert score("contains", f"The house is {colour.references[0]}.", colour.references) == 1.0
+
+
+@pytest.mark.parametrize("source", ["docs", "procedural"])
+def test_repeat_copies_one_paragraph_and_cuts_the_last_copy(source):
+    s = tasks.repeat(600, seed=1, count=words, source=source)
+    parts = s.prompt.split("\n\n")
+    paragraph, lead = parts[0], parts[-1]
+    assert not s.chat and s.metric == "continues" and s.meta["copies"] == len(parts) - 1 >= 2
+    assert all(p == paragraph for p in parts[:-1])  # the same paragraph, again and again
+    assert paragraph.startswith(f"{lead} {s.references[0]}")  # the reference is what follows the cut
+    assert len(s.references[0].split()) == 16 and len(lead.split()) == len(paragraph.split()) // 3
+    assert 600 - words(paragraph) - s.meta["copies"] - 2 <= words(s.prompt) <= 600  # +1 per separator
+    assert score("continues", s.references[0], s.references) == 1.0
+    assert tasks.repeat(600, seed=1, count=words, source=source).prompt == s.prompt  # deterministic
