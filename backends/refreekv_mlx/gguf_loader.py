@@ -14,11 +14,23 @@ Two GGUF details matter:
 * The tokenizer and chat template live in the GGUF metadata; transformers can rebuild a fast
   tokenizer from them (``AutoTokenizer.from_pretrained(dir, gguf_file=...)``, no network), which we
   wrap in mlx-lm's ``TokenizerWrapper`` (what ``mlx_lm.load`` returns too).
+
+Conversion cache: rebuilding the tokenizer from the GGUF metadata takes ~12 s, so it is done once and saved
+(``save_pretrained``) under ``<cache_dir()>/converted/<gguf name>-<sha256 prefix>/mlx-tokenizer-...``; the
+quantized weights load straight from the GGUF (~0.4 s, nothing to cache), while ``dequantize=True`` (~2 s of
+dequantizing) saves the dense arrays once with ``mx.save_safetensors``. Folders are written under a temporary
+name, renamed when complete and checked against a manifest of their files, so an interrupted or damaged one is
+rebuilt. ``cache=False`` converts every time and writes nothing.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +134,156 @@ def llama_args_from_gguf(meta: dict[str, Any], has_output: bool) -> dict[str, An
     }
 
 
-def load_gguf_model(path: str | Path, *, dtype: str = "float32", dequantize: bool = False) -> nn.Module:
+# ---- conversion cache (the same layout as refreekv_torch.loading; kept here so MLX never imports torch) ----
+
+#: Bump when the layout of a cached folder changes (old folders are then simply not found).
+CACHE_FORMAT = 1
+#: The file written last into a cached folder: its key and the size of every other file.
+MANIFEST = "refreekv-cache.json"
+_TMP_PREFIX = ".tmp-"
+_WEIGHTS = "weights.safetensors"
+_ARGS = "llama_args.json"
+
+_sha_memo: dict[tuple[str, int, int], str] = {}
+
+
+def gguf_sha256(path: str | Path) -> str:
+    """The sha256 of a GGUF: the published one for a verified bundled file, else hashed (~0.3 s per 100 MB;
+    remembered for the process while the file's size and mtime stay the same)."""
+    from refreekv_edu.models import sha256_of
+
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _sha_memo:
+        _sha_memo[key] = sha256_of(path)
+    return _sha_memo[key]
+
+
+def _major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def converted_root(gguf: str | Path, sha256: str) -> Path:
+    """``<cache_dir()>/converted/<gguf stem>-<sha256[:16]>``: the folders converted from one GGUF file."""
+    from refreekv_edu.models import cache_dir
+
+    return cache_dir() / "converted" / f"{Path(gguf).stem}-{sha256[:16]}"
+
+
+def cache_is_complete(folder: Path) -> bool:
+    """True when ``folder`` holds its manifest and every file listed there, at the recorded size."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+        return bool(files) and all((folder / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _say(message: str) -> None:
+    print(f"refreekv: {message}", file=sys.stderr, flush=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _usable(folder: Path) -> bool:
+    """Whether ``folder`` is a complete cached conversion; an incomplete one is removed (and rebuilt)."""
+    if cache_is_complete(folder):
+        return True
+    if folder.exists():
+        _say(f"the cached conversion at {folder} is incomplete; rebuilding it")
+        shutil.rmtree(folder, ignore_errors=True)
+    return False
+
+
+def _write_cached(folder: Path, write: Any, info: dict[str, Any]) -> bool:
+    """Run ``write(tmp_folder)``, add the manifest and rename the folder into place; False if it cannot be
+    written (read-only cache). An interrupted write removes its temporary folder."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        for stale in folder.parent.glob(_TMP_PREFIX + "*"):  # left by a killed process
+            pid = stale.name[len(_TMP_PREFIX) :].split("-", 1)[0]
+            if not pid.isdigit() or not _pid_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=folder.parent))
+        tmp.chmod(0o755)
+    except OSError as err:
+        _say(f"cannot write the conversion cache ({err}); continuing without it")
+        return False
+    try:
+        write(tmp)
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file() and p.name != MANIFEST}
+        (tmp / MANIFEST).write_text(json.dumps({**info, "files": files}, indent=1))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first: keep a complete folder, replace a broken one
+            if cache_is_complete(folder):
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+                os.replace(tmp, folder)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(err, OSError):
+            raise
+        _say(f"cannot write the conversion cache ({err}); continuing without it")
+        return False
+    return True
+
+
+def dequantized_dir(gguf: str | Path, sha256: str, dtype: str) -> Path:
+    """Cache folder of a GGUF's dequantized weights: keyed by its sha256, mlx major.minor and the dtype."""
+    return converted_root(gguf, sha256) / f"mlx-v{CACHE_FORMAT}-mlx{_major_minor(mx.__version__)}-{dtype}-dequantized"
+
+
+def tokenizer_dir(gguf: str | Path, sha256: str) -> Path:
+    """Cache folder of the tokenizer rebuilt from a GGUF's metadata: keyed by its sha256 and transformers."""
+    import transformers
+
+    return (
+        converted_root(gguf, sha256)
+        / f"mlx-tokenizer-v{CACHE_FORMAT}-transformers{_major_minor(transformers.__version__)}"
+    )
+
+
+def _model_from(args: dict[str, Any], weights: dict[str, mx.array]) -> nn.Module:
+    from mlx_lm.models import llama
+
+    model = llama.Model(llama.ModelArgs.from_dict(args))
+    model.load_weights(list(weights.items()), strict=True)
+    mx.eval(model.parameters())
+    model.eval()
+    return model
+
+
+def _load_dequantized_cache(folder: Path) -> nn.Module | None:
+    if not _usable(folder):
+        return None
+    try:
+        args = json.loads((folder / _ARGS).read_text())
+        return _model_from(args, mx.load(str(folder / _WEIGHTS)))
+    except Exception as err:  # damaged inside (same sizes): convert again
+        _say(f"could not load the cached conversion at {folder} ({type(err).__name__}: {err}); rebuilding it")
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def load_gguf_model(
+    path: str | Path,
+    *,
+    dtype: str = "float32",
+    dequantize: bool = False,
+    cache: bool = True,
+    sha256: str | None = None,
+) -> nn.Module:
     """Build an mlx-lm llama ``Model`` holding the GGUF's weights.
 
     Args:
@@ -133,16 +294,27 @@ def load_gguf_model(path: str | Path, *, dtype: str = "float32", dequantize: boo
         dequantize: expand the quantized weights to dense ``dtype`` matrices. Quantized matmuls on the
             Linux CPU wheel are slow; dense ones can use a fast BLAS (see docs/mac.md). Default: keep them
             quantized (what a Mac should run).
+        cache: with ``dequantize=True``, save the dense weights once and load them from the cache afterwards
+            (~2 s -> ~0.5 s); ``False`` dequantizes every time and writes nothing. Quantized weights are not cached
+            (the GGUF loads as fast as a cached copy would).
+        sha256: the file's sha256 when the caller already checked it (saves hashing it again).
     """
     from mlx_lm.models import llama
 
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     target = _DTYPES[dtype]
+    folder = None
+    if dequantize and cache:
+        folder = dequantized_dir(path, sha256 or gguf_sha256(path), dtype)
+        cached = _load_dequantized_cache(folder)
+        if cached is not None:
+            return cached
     weights, meta = mx.load(str(path), return_metadata=True)
     names = {gguf_name_to_mlx(k): v for k, v in weights.items()}
     has_output = any(k.startswith("lm_head.") for k in names)
-    model = llama.Model(llama.ModelArgs.from_dict(llama_args_from_gguf(meta, has_output)))
+    args = llama_args_from_gguf(meta, has_output)
+    model = llama.Model(llama.ModelArgs.from_dict(args))
 
     # Per-module quantization, read from the packed shapes (the token embedding is 8-bit, the rest 4-bit).
     specs: dict[str, QuantSpec] = {}
@@ -169,16 +341,40 @@ def load_gguf_model(path: str | Path, *, dtype: str = "float32", dequantize: boo
     model.load_weights(list(names.items()), strict=True)
     mx.eval(model.parameters())
     model.eval()
+    if folder is not None:
+
+        def write(tmp: Path) -> None:
+            mx.save_safetensors(str(tmp / _WEIGHTS), names)
+            (tmp / _ARGS).write_text(json.dumps(args, indent=1))
+
+        _say(f"saving the dequantized weights of {Path(path).name} once ({dtype}); cached at {folder}")
+        _write_cached(folder, write, {"format": CACHE_FORMAT, "gguf": Path(path).name, "dtype": dtype})
     return model
 
 
-def load_gguf_tokenizer(path: str | Path) -> Any:
-    """A fast tokenizer (with the chat template) rebuilt from GGUF metadata, in mlx-lm's ``TokenizerWrapper``."""
+def load_gguf_tokenizer(path: str | Path, *, cache: bool = True, sha256: str | None = None) -> Any:
+    """A fast tokenizer (with the chat template) rebuilt from GGUF metadata, in mlx-lm's ``TokenizerWrapper``.
+
+    Rebuilding it takes ~12 s, so by default it is saved once and read from the cache afterwards (~0.5 s);
+    ``cache=False`` rebuilds it every time. ``sha256``: the file's, when the caller already checked it.
+    """
     from mlx_lm.tokenizer_utils import TokenizerWrapper
     from transformers import AutoTokenizer
 
     path = Path(path)
+    if not cache:
+        return TokenizerWrapper(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
+    folder = tokenizer_dir(path, sha256 or gguf_sha256(path))
+    if _usable(folder):
+        try:
+            return TokenizerWrapper(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
+        except Exception as err:  # damaged inside (same sizes): rebuild
+            _say(f"could not load the cached tokenizer at {folder} ({type(err).__name__}: {err}); rebuilding it")
+            shutil.rmtree(folder, ignore_errors=True)
+    _say(f"rebuilding the tokenizer of {path.name} from its metadata once (~12 s); cached at {folder}")
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if _write_cached(folder, tokenizer.save_pretrained, {"format": CACHE_FORMAT, "gguf": path.name}):
+        return TokenizerWrapper(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
     return TokenizerWrapper(tokenizer)
 
 
@@ -203,8 +399,8 @@ def load_model(name_or_path: str | Path = "smollm2-135m", **kwargs: Any) -> tupl
         name_or_path: ``"smollm2-135m"`` (bundled, offline after the first fetch), a local ``.gguf``
             file (llama architecture), or anything ``mlx_lm.load`` accepts (an MLX model directory,
             or an ``mlx-community/...`` hub id, which needs a network).
-        **kwargs: for GGUFs, ``dtype`` and ``dequantize`` (see :func:`load_gguf_model`); for anything else,
-            passed to ``mlx_lm.load``.
+        **kwargs: for GGUFs, ``dtype``, ``dequantize`` and ``cache`` (see :func:`load_gguf_model`); for anything
+            else, passed to ``mlx_lm.load``.
 
     Returns:
         ``(model, tokenizer)``: an mlx-lm ``nn.Module`` and a ``TokenizerWrapper``.
@@ -213,10 +409,21 @@ def load_model(name_or_path: str | Path = "smollm2-135m", **kwargs: Any) -> tupl
     if gguf is None:
         import mlx_lm
 
+        kwargs.pop("cache", None)
         return mlx_lm.load(str(name_or_path), **kwargs)
-    unknown = sorted(set(kwargs) - {"dtype", "dequantize"})
+    unknown = sorted(set(kwargs) - {"dtype", "dequantize", "cache"})
     if unknown:
         raise TypeError(
-            f"options {unknown} are not supported when loading a GGUF file ({gguf.name}); use dtype=, dequantize="
+            f"options {unknown} are not supported when loading a GGUF file ({gguf.name}); "
+            "use dtype=, dequantize=, cache="
         )
-    return load_gguf_model(gguf, **kwargs), load_gguf_tokenizer(gguf)
+    from refreekv_edu.models import ARTIFACTS
+
+    cache = kwargs.get("cache", True)
+    # A bundled file was just checked against its published sha256 by fetch_model; a path is hashed once.
+    sha256 = (
+        ARTIFACTS[name_or_path].file_sha256 if isinstance(name_or_path, str) and name_or_path in ARTIFACTS else None
+    )
+    if cache and sha256 is None:
+        sha256 = gguf_sha256(gguf)
+    return load_gguf_model(gguf, sha256=sha256, **kwargs), load_gguf_tokenizer(gguf, cache=cache, sha256=sha256)

@@ -7,16 +7,29 @@
 - anything else is passed to transformers as a hub id (needs a network the first time).
 
 The model comes back in eval mode with ``sdpa`` attention (``eager`` also works with compression).
+
+Converting a GGUF (dequantizing every tensor and rebuilding the tokenizer from its metadata) takes ~20 s on a
+laptop CPU, so it is done once: the converted model and tokenizer are saved (``save_pretrained``, safetensors)
+under ``<cache_dir()>/converted/<gguf name>-<sha256 prefix>/torch-transformers<major.minor>-<dtype>/`` and later
+loads read that folder (offline, ~1 s). The folder is written to a temporary name and renamed when complete, with
+a manifest of its files and sizes; a folder whose manifest does not match (an interrupted copy, a deleted file) is
+rebuilt. ``load_model(..., cache=False)`` converts without reading or writing the cache.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from refreekv_edu.models import ARTIFACTS, fetch_model
+from refreekv_edu.models import ARTIFACTS, cache_dir, fetch_model, sha256_of
 
 from . import hf_adapter
 
@@ -57,11 +70,208 @@ def resolve(name_or_path: str | Path) -> tuple[str, str | None]:
     return text, None  # a hub id
 
 
+#: Bump when the layout of a converted-model folder changes (old folders are then simply not found).
+CACHE_FORMAT = 1
+#: The file written last into a converted-model folder: its key and the size of every other file.
+MANIFEST = "refreekv-cache.json"
+_TMP_PREFIX = ".tmp-"
+
+_sha_memo: dict[tuple[str, int, int], str] = {}
+
+
+def gguf_sha256(name_or_path: str | Path, gguf: Path) -> str:
+    """The sha256 of a GGUF: the published one for a bundled name (``fetch_model`` checked it), else hashed
+    (~0.3 s per 100 MB; remembered for the process while the file's size and mtime stay the same)."""
+    if str(name_or_path) in ARTIFACTS:
+        return ARTIFACTS[str(name_or_path)].file_sha256
+    st = gguf.stat()
+    memo_key = (str(gguf.resolve()), st.st_size, st.st_mtime_ns)
+    if memo_key not in _sha_memo:
+        _sha_memo[memo_key] = sha256_of(gguf)
+    return _sha_memo[memo_key]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def converted_dir(gguf: Path, sha256: str, dtype: torch.dtype) -> Path:
+    """The cache folder of a GGUF converted for torch: keyed by the file's sha256, transformers major.minor and
+    the dtype (``$REFREEKV_CACHE`` moves the root, see :func:`refreekv_edu.models.cache_dir`)."""
+    import transformers
+
+    major_minor = ".".join(transformers.__version__.split(".")[:2])
+    return (
+        cache_dir()
+        / "converted"
+        / f"{gguf.stem}-{sha256[:16]}"
+        / f"torch-v{CACHE_FORMAT}-transformers{major_minor}-{_dtype_name(dtype)}"
+    )
+
+
+def cache_is_complete(folder: Path) -> bool:
+    """True when ``folder`` holds its manifest and every file listed there, at the recorded size."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+        return bool(files) and all((folder / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _write_manifest(folder: Path, info: dict[str, Any]) -> None:
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({**info, "files": files}, indent=1))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(parent: Path) -> None:
+    """Remove ``.tmp-<pid>-*`` folders left by conversions that were killed (their process is gone)."""
+    if not parent.is_dir():
+        return
+    for tmp in parent.glob(_TMP_PREFIX + "*"):
+        pid = tmp.name[len(_TMP_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Rename a finished temporary folder to ``final``; if another process finished first, keep theirs."""
+    try:
+        os.replace(tmp, final)  # atomic on one filesystem; fails if final is a non-empty directory
+    except OSError:
+        if not cache_is_complete(final):
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _say(message: str) -> None:
+    print(f"refreekv: {message}", file=sys.stderr, flush=True)
+
+
+def _convert_into_cache(source: str, gguf_file: str, sha256: str, dtype: torch.dtype, folder: Path) -> Any:
+    """Convert the GGUF (tokenizer, then dequantized weights) and save both into ``folder`` atomically.
+
+    Returns ``None`` once saved, or ``(model, tokenizer)`` when the cache cannot be written (they are then used
+    as they are, and the next load converts again).
+    """
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(source) / gguf_file
+    _say(
+        f"converting {gguf.name} once ({gguf.stat().st_size / 1e6:.0f} MB GGUF -> {_dtype_name(dtype)}, "
+        f"~20-60 s on a laptop CPU); cached at {folder}"
+    )
+    start = time.perf_counter()
+    with tqdm(total=3, desc="GGUF -> torch (once)", unit="step", file=sys.stderr) as bar:
+        bar.set_postfix_str("tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+        bar.update()
+        bar.set_postfix_str("weights")
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=dtype)
+        hf_adapter.check_supported(model)  # an unsupported family is refused before anything is cached
+        packed = [n for n, m in model.named_modules() if type(m).__name__.lower().startswith("gguf")]
+        packed += [n for n, p in model.named_parameters() if not p.is_floating_point()]
+        if packed:  # weights left in GGUF blocks (a GGUF matmul kernel was found): nothing dense to cache
+            _say(f"{gguf.name} loaded with packed weights ({packed[0]}, ...); not caching it")
+            return model, tokenizer
+        bar.update()
+        bar.set_postfix_str("saving")
+        # The weights are dense now; the GGUF quantizer only marks the model as "not serializable".
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(folder.parent)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=folder.parent))
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as the GGUF next to it
+        except OSError as err:
+            _say(f"cannot write the conversion cache ({err}); using the converted model without caching it")
+            return model, tokenizer
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            _write_manifest(
+                tmp,
+                {"format": CACHE_FORMAT, "gguf": gguf.name, "gguf_sha256": sha256, "dtype": _dtype_name(dtype)},
+            )
+            publish(tmp, folder)
+        except BaseException as err:  # KeyboardInterrupt included: never leave a half-written folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not isinstance(err, OSError):
+                raise
+            _say(f"cannot write the conversion cache ({err}); using the converted model without caching it")
+            return model, tokenizer
+        bar.update()
+    _say(f"converted in {time.perf_counter() - start:.0f} s; later loads read {folder}")
+    return None
+
+
+def _load_converted(
+    source: str, gguf_file: str, sha256: str, dtype: torch.dtype, attn_implementation: str, kwargs: dict[str, Any]
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for a GGUF, from the conversion cache (converting it first when needed)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = converted_dir(Path(source) / gguf_file, sha256, dtype)
+    for attempt in range(2):
+        if folder.exists() and not cache_is_complete(folder):
+            _say(f"the cached conversion at {folder} is incomplete; rebuilding it")
+            shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            converted = _convert_into_cache(source, gguf_file, sha256, dtype, folder)
+            if converted is not None:  # the cache could not be written
+                model, tokenizer = converted
+                if attn_implementation != "sdpa" or kwargs:  # honour them with a fresh, uncached load
+                    model = AutoModelForCausalLM.from_pretrained(
+                        source, gguf_file=gguf_file, dtype=dtype, attn_implementation=attn_implementation, **kwargs
+                    )
+                return model, tokenizer
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True, **kwargs
+            )
+            return model, tokenizer
+        except Exception as err:
+            if attempt or (kwargs and _folder_loads(folder, dtype)):
+                raise  # the error comes from the caller's options, not from the cached files
+            # Files damaged inside (same sizes, so the manifest did not notice): convert again.
+            _say(f"could not load the cached conversion at {folder} ({type(err).__name__}: {err}); rebuilding it")
+            shutil.rmtree(folder, ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+def _folder_loads(folder: Path, dtype: torch.dtype) -> bool:
+    """Whether a cached folder loads with no extra options (tells a bad option from a damaged cache)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except Exception:
+        return False
+    return True
+
+
 def load_model(
     name_or_path: str | Path = "smollm2-135m",
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
+    cache: bool = True,
     **kwargs: Any,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` with transformers, ready for :func:`refreekv_edu.generate`.
@@ -71,6 +281,8 @@ def load_model(
         dtype: ``"float32"`` (default; GGUF weights are dequantized to it), ``"float16"``, ``"bfloat16"``.
         device: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
         attn_implementation: ``"sdpa"`` (default) or ``"eager"`` (the two the compressed cache supports).
+        cache: for a GGUF, convert it once and load the converted copy from the cache afterwards (default);
+            ``False`` converts it every time and writes nothing.
         **kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
 
     Raises:
@@ -82,12 +294,17 @@ def load_model(
         raise ValueError(
             f"attn_implementation must be 'sdpa' or 'eager' for compressed caches, got {attn_implementation!r}"
         )
+    torch_dtype = _as_dtype(dtype)
     source, gguf_file = resolve(name_or_path)
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=_as_dtype(dtype), attn_implementation=attn_implementation, **extra, **kwargs
-    )
+    if gguf_file and cache:
+        sha256 = gguf_sha256(name_or_path, Path(source) / gguf_file)
+        model, tokenizer = _load_converted(source, gguf_file, sha256, torch_dtype, attn_implementation, kwargs)
+    else:
+        extra = {"gguf_file": gguf_file} if gguf_file else {}
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, attn_implementation=attn_implementation, **extra, **kwargs
+        )
     hf_adapter.check_supported(model)
     model = model.to(device).eval()
     if getattr(model.generation_config, "pad_token_id", None) is None and tokenizer.eos_token_id is not None:
