@@ -10,6 +10,15 @@ edited there. This hook
    with them, sorted by file name and titled by each notebook's first Markdown heading,
    so a new notebook appears in the site without editing the config. Empty sections are dropped.
 
+The notebooks in git hold no outputs, and the docs build never runs them. The notebook tests
+(``tests/notebooks/test_execute_notebooks.py``) run every notebook in fast mode anyway; with
+``REFREEKV_EXECUTED_NOTEBOOKS=DIR`` set they save each executed notebook (text outputs and matplotlib PNGs;
+widgets become a one-line note) under ``DIR`` at its path in the repository
+(``DIR/notebooks/01_kv_cache_memory.ipynb``). When ``DIR`` holds an executed copy whose cells match the stored
+notebook, this hook renders the copy, so the page shows the outputs and plots; otherwise (a fresh checkout, or
+a notebook edited since the tests ran) it renders the stored notebook and says so at INFO level. The page's
+download link stays the stored, output-free notebook.
+
 Markdown pages link to a notebook with its path, e.g. ``[the KV cache](notebooks/01_kv_cache.ipynb)``
 from ``docs/index.md``.
 
@@ -22,7 +31,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +50,11 @@ PLACEHOLDERS = {
     ),
     "mac.md": "# Mac users\n\nThe Mac page (what was verified where for MLX and Metal) is missing from this checkout.\n",
 }
+#: Folder of executed notebooks (written by the notebook tests); unset: render the stored notebooks.
+EXECUTED_ENV = "REFREEKV_EXECUTED_NOTEBOOKS"
 log = logging.getLogger("mkdocs.hooks.notebooks")
+# src_uri -> stored notebook, for the pages rendered from an executed copy (see on_post_page)
+_rendered_from_copy: dict[str, Path] = {}
 
 
 def _repo_root(config: Any) -> Path:
@@ -66,6 +81,32 @@ def notebook_title(path: Path) -> str:
     return re.sub(r"^\d+[_-]", "", path.stem).replace("_", " ").capitalize()
 
 
+def _cells(path: Path) -> list[tuple[str, str]] | None:
+    """A notebook's cells as (type, source), what must match between the stored and the executed copy."""
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [(c.get("cell_type", ""), "".join(c.get("source", []))) for c in cells if isinstance(c, dict)]
+
+
+def executed_copy(stored: Path, folder: str | os.PathLike[str] | None, root: Path) -> tuple[Path | None, str]:
+    """The executed copy of ``stored`` to render (or ``None``) and, when there is none, why not.
+
+    ``folder`` mirrors the repository ``root``: ``notebooks/exercises/ex01.ipynb`` is
+    ``folder/notebooks/exercises/ex01.ipynb``. A copy whose cells differ from the stored notebook's (the
+    notebook was edited after the tests ran) is stale.
+    """
+    if not folder:
+        return None, f"{EXECUTED_ENV} is not set"
+    copy = Path(folder).expanduser().resolve() / stored.relative_to(root)
+    if not copy.is_file():
+        return None, f"no executed copy at {copy}"
+    if _cells(copy) != _cells(stored):
+        return None, f"the executed copy {copy} is stale (its cells differ from the stored notebook)"
+    return copy, ""
+
+
 def on_config(config: Any) -> Any:
     root = _repo_root(config)
     nav = []
@@ -84,20 +125,56 @@ def on_config(config: Any) -> Any:
 @event_priority(100)  # before mkdocs-jupyter's on_files, which converts .ipynb files into pages
 def on_files(files: Files, config: Any) -> Files:
     root = _repo_root(config)
+    executed_dir = os.environ.get(EXECUTED_ENV)
+    _rendered_from_copy.clear()
+    missing: list[str] = []
     for folder in sorted(set(SECTIONS.values())):
         for path in _notebooks(root, folder):
             src_uri = path.relative_to(root).as_posix()
-            if files.get_file_from_path(src_uri) is None:
-                files.append(
-                    File(
-                        src_uri,
-                        src_dir=str(root),
-                        dest_dir=config["site_dir"],
-                        use_directory_urls=config["use_directory_urls"],
-                    )
+            if files.get_file_from_path(src_uri) is not None:
+                continue
+            copy, why = executed_copy(path, executed_dir, root)
+            if copy is not None:
+                # The same page (src_uri, URL, title), read from the executed copy. (A File.generated page would
+                # lose its abs_src_path in mkdocs-jupyter's NotebookFile wrapper, hence the mirrored layout.)
+                src_dir = str(Path(executed_dir).expanduser().resolve())  # src_dir / src_uri == copy
+                _rendered_from_copy[src_uri] = path
+            else:
+                src_dir = str(root)
+                missing.append(src_uri)
+                if executed_dir:
+                    log.info("%s is rendered without outputs: %s", src_uri, why)
+            files.append(
+                File(
+                    src_uri,
+                    src_dir=src_dir,
+                    dest_dir=config["site_dir"],
+                    use_directory_urls=config["use_directory_urls"],
                 )
+            )
+    if missing and not executed_dir:
+        log.info(
+            "%d notebooks are rendered without outputs: %s is not set (the notebook tests write executed "
+            "copies there, e.g. %s=artifacts/executed-notebooks pytest tests/notebooks)",
+            len(missing),
+            EXECUTED_ENV,
+            EXECUTED_ENV,
+        )
+    elif _rendered_from_copy:
+        log.info("%d notebooks are rendered with outputs from %s", len(_rendered_from_copy), executed_dir)
     for src_uri, text in PLACEHOLDERS.items():
         if files.get_file_from_path(src_uri) is None:
             log.info("docs/%s is missing; using a stand-in page", src_uri)
             files.append(File.generated(config, src_uri, content=text))
     return files
+
+
+@event_priority(-100)  # after mkdocs-jupyter's on_post_page, which copies the rendered source next to the page
+def on_post_page(output: str, page: Any, config: Any) -> str:
+    """Keep the download link on the stored, output-free notebook, also for a page rendered from an executed copy."""
+    stored = _rendered_from_copy.get(page.file.src_uri)
+    if stored is not None:
+        target = Path(page.file.abs_dest_path).parent / stored.name
+        if target.is_file():  # written by mkdocs-jupyter (include_source: true)
+            shutil.copyfile(stored, target)
+    return output

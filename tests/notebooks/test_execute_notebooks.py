@@ -4,11 +4,19 @@ Guided notebooks run with ``REFREEKV_FAST=1`` (small prompts and arrays); exerci
 ``REFREEKV_SOLUTIONS=1``, which fills the student stubs with the instructor solutions so every check passes.
 Notebooks that load the bundled 135M model are marked ``slow`` (loading it from its GGUF takes about a minute
 on 2 CPU cores); they skip when torch + transformers are not installed or the model cannot be fetched.
+
+With ``REFREEKV_EXECUTED_NOTEBOOKS=DIR`` set, each notebook that runs cleanly is also saved with its outputs
+under ``DIR`` at its path in the repository (``DIR/notebooks/01_kv_cache_memory.ipynb``): the docs build
+(``docs/_hooks/notebooks.py``) renders those executed copies, so the site shows outputs and plots without
+running the notebooks a second time. The stored notebooks in git stay output-free.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import inspect
+import json
 import os
 import time
 from pathlib import Path
@@ -32,6 +40,20 @@ USES_MODEL = {
     "07_evaluate_vs_full_cache.ipynb",
     "08_ablation_sinks_and_ranking.ipynb",
 }
+#: Folder that receives the executed copies (unset: none are written); read by docs/_hooks/notebooks.py.
+EXECUTED_ENV = "REFREEKV_EXECUTED_NOTEBOOKS"
+#: Output types that only a live kernel can show (ipywidgets); a static page drops them.
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+#: What an executed copy shows in place of a widget (a static page cannot run one).
+WIDGET_NOTE = nbformat.v4.new_output(
+    "display_data",
+    data={
+        "text/plain": "[an interactive widget: run this notebook in Jupyter to use it]",
+        "text/html": "<p><em>An interactive widget is shown here when you run this notebook in Jupyter.</em></p>",
+    },
+)
+#: matplotlib's backend in a Jupyter kernel: plt.show() becomes a PNG output (MPLBACKEND=Agg would drop it).
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 #: Seconds allowed per cell (fast mode targets < 60 s per notebook; model loading dominates the slow ones).
 CELL_TIMEOUT = 600
 
@@ -52,6 +74,8 @@ def _model_available() -> str | None:
 
 def _run(path: Path, env: dict[str, str]) -> tuple[object, float]:
     nb = nbformat.read(path, as_version=4)
+    # The kernel draws its plots inline (as PNG outputs), as in Jupyter, even where MPLBACKEND=Agg (CI).
+    env = {"MPLBACKEND": INLINE_BACKEND, **env}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel is a subprocess and inherits this environment
     try:
@@ -67,6 +91,28 @@ def _run(path: Path, env: dict[str, str]) -> tuple[object, float]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _save_executed(path: Path, nb, env: dict[str, str]) -> None:
+    """Write the executed ``nb`` under ``$REFREEKV_EXECUTED_NOTEBOOKS`` for the docs (nothing when unset).
+
+    Widget views (and the saved widget state) need a live kernel: each becomes a one-line note (its text/plain
+    fallback is only the widget's repr, e.g. ``VBox(children=...)``); text, tables and matplotlib PNGs stay.
+    The docs hook renders the copy only while its cells match the stored notebook's.
+    """
+    folder = os.environ.get(EXECUTED_ENV)
+    if not folder:
+        return
+    nb = nbformat.from_dict(nb)  # a copy: the caller's notebook stays as executed
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = [WIDGET_NOTE if WIDGET_MIME in out.get("data", {}) else out for out in cell.get("outputs", [])]
+    nb.metadata["refreekv_executed"] = {"env": dict(sorted(env.items()))}  # how it ran (fast mode, ...)
+    target = Path(folder) / path.relative_to(ROOT)  # the layout docs/_hooks/notebooks.py reads
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, target)
 
 
 def _errors(nb) -> list[str]:
@@ -85,6 +131,27 @@ def _text(nb) -> str:
             parts.append(out.get("text", ""))
             parts.extend(str(v) for k, v in out.get("data", {}).items() if k == "text/plain")
     return "\n".join(parts)
+
+
+def _all_outputs(nb) -> str:
+    """Every output of ``nb`` (all mime types) as one string."""
+    return "\n".join(json.dumps(cell.get("outputs", []), ensure_ascii=False) for cell in nb.cells)
+
+
+def _solution_lines() -> list[str]:
+    """Distinctive code lines of the instructor solutions' function bodies (no docstrings, comments, short lines)."""
+    from refreekv_edu.exercises import solutions
+
+    source = inspect.getsource(solutions)
+    lines = source.splitlines()
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        body = node.body[1:] if ast.get_docstring(node) is not None else node.body
+        for stmt in body:
+            found.update(line.strip() for line in lines[stmt.lineno - 1 : stmt.end_lineno])
+    return sorted(line for line in found if len(line) > 30 and not line.startswith("#"))
 
 
 def test_the_numbered_path_is_complete() -> None:
@@ -130,17 +197,25 @@ def test_guided_notebook_runs_in_fast_mode(path: Path) -> None:
         pytest.skip(why)
     if path.name.startswith("06") and importlib.util.find_spec("torch") is None:
         pytest.skip("notebook 06 compares the torch backend with the reference: torch is not installed")
-    nb, seconds = _run(path, {"REFREEKV_FAST": "1"})
+    env = {"REFREEKV_FAST": "1"}
+    nb, seconds = _run(path, env)
     assert not _errors(nb), f"{path.name}: {_errors(nb)}"
+    _save_executed(path, nb, env)
     print(f"{path.name}: {seconds:.1f} s")
 
 
 @pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.name)
 def test_exercise_notebook_passes_with_solutions(path: Path) -> None:
-    nb, seconds = _run(path, {"REFREEKV_FAST": "1", "REFREEKV_SOLUTIONS": "1"})
+    env = {"REFREEKV_FAST": "1", "REFREEKV_SOLUTIONS": "1"}
+    nb, seconds = _run(path, env)
     assert not _errors(nb), f"{path.name}: {_errors(nb)}"
     text = _text(nb)
     assert "PASSED" in text and "FAILED" not in text, f"{path.name}: some check did not pass:\n{text[-2000:]}"
+    # The executed copy is published on the docs site: its outputs may say the instructor solution passed,
+    # never show the solution's code.
+    leaked = [line for line in _solution_lines() if line in _all_outputs(nb)]
+    assert not leaked, f"{path.name}: the outputs show instructor solution code: {leaked[:3]}"
+    _save_executed(path, nb, env)
 
 
 def test_exercise_notebook_without_solutions_explains_the_stub() -> None:
