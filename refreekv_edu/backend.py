@@ -192,6 +192,15 @@ class BackendUnavailableError(RuntimeError):
     """A backend was asked for but cannot be used here (not installed, no device, ...)."""
 
 
+class BackendConfigError(ValueError):
+    """A backend is installed but configured wrongly (a bad environment variable, say).
+
+    Unlike an unavailable backend it is never skipped silently: ``auto`` selection, :func:`backend_for_arrays`
+    and :func:`refreekv_edu.generate` let it through, so the message (which names the setting and its valid
+    values) reaches the user.
+    """
+
+
 @dataclass(frozen=True)
 class BackendInfo:
     """What the registry knows about one backend name."""
@@ -268,6 +277,8 @@ def backend_for_arrays(*arrays: Any) -> Backend:
     for info_name in _entry_points():
         try:
             backend = get_backend(info_name)
+        except BackendConfigError:
+            raise  # installed but misconfigured: say so rather than "no backend takes these arrays"
         except Exception:  # noqa: BLE001
             continue
         if all(backend.is_native(a) for a in arrays):
@@ -291,6 +302,8 @@ def auto_backend_name() -> tuple[str, str]:
             return None
         try:
             return get_backend(name)
+        except BackendConfigError:
+            raise
         except Exception:  # noqa: BLE001
             return None
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backend import _entry_points, get_backend
+from .backend import BackendConfigError, _entry_points, get_backend
 from .decision import Trace
 
 #: Keys every backend fills in ``GenerationResult.stats``.
@@ -144,6 +144,8 @@ def generate(
             continue
         try:
             backend = get_backend(name)
+        except BackendConfigError:
+            raise  # installed but misconfigured: the message names the setting
         except Exception:  # noqa: BLE001 - not installed here
             continue
         tried.append(name)

@@ -19,36 +19,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from refreekv_edu.integration import LayerSpec
 
 #: ``model_type`` values whose attention this adapter understands.
 SUPPORTED_FAMILIES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3")
 
 
-@dataclass
-class AttentionLayer:
-    """One decoder layer's attention, as ReFreeKV sees it.
+@dataclass(frozen=True)
+class AttentionLayer(LayerSpec):
+    """One mlx-lm attention layer: the shared :class:`~refreekv_edu.integration.LayerSpec` (``index``,
+    ``num_heads``, ``num_kv_heads``, ``head_dim``, ``scale``, ``compressible``: False for sliding-window
+    layers) plus the module that recomputes its queries.
 
     Attributes:
-        index: layer index in ``model.layers``.
         attn: the mlx-lm attention module (``layer.self_attn``).
-        n_heads: ``Hq``.
-        n_kv_heads: ``Hkv``.
-        head_dim: ``D``.
-        scale: the scale the model's attention multiplies ``q @ k^T`` by.
-        compressible: ``False`` for sliding-window layers (kept as they are).
     """
 
-    index: int
     attn: nn.Module
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    scale: float
-    compressible: bool
 
 
 def model_family(model: nn.Module) -> str:
@@ -78,25 +69,16 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
     model_family(model)
     caches = make_prompt_cache(model)
     out = []
-    for i, (layer, cache) in enumerate(zip(model.layers, caches)):
-        attn = layer.self_attn
-        n_heads, n_kv_heads = int(attn.n_heads), int(attn.n_kv_heads)
-        head_dim = int(getattr(attn, "head_dim", 0) or _out_features(attn.q_proj) // n_heads)
-        out.append(
-            AttentionLayer(
-                index=i,
-                attn=attn,
-                n_heads=n_heads,
-                n_kv_heads=n_kv_heads,
-                head_dim=head_dim,
-                scale=float(attn.scale),
-                compressible=type(cache) is KVCache,
-            )
-        )
+    for i, (block, cache) in enumerate(zip(model.layers, caches)):
+        attn = block.self_attn
+        hq, hkv = int(attn.n_heads), int(attn.n_kv_heads)  # mlx-lm's names for num_heads, num_kv_heads
+        dim = int(getattr(attn, "head_dim", 0) or _out_features(attn.q_proj) // hq)
+        # LayerSpec fields in order, then the module; compressible: the model makes a plain KVCache for it
+        out.append(AttentionLayer(i, hq, hkv, dim, float(attn.scale), type(cache) is KVCache, attn))
     return out
 
 
-def window_queries(layer: AttentionLayer, x: mx.array, first_position: int) -> mx.array:
+def recompute_queries(layer: AttentionLayer, x: mx.array, first_position: int) -> mx.array:
     """Recompute the post-RoPE queries of the last ``r`` prompt positions from the attention input.
 
     ``r = policy.query_rows``: 1 for the paper's recency ranking (the last position only), ``w`` for an
@@ -113,13 +95,18 @@ def window_queries(layer: AttentionLayer, x: mx.array, first_position: int) -> m
     """
     attn = layer.attn
     batch, rows, _ = x.shape
-    queries = attn.q_proj(x).reshape(batch, rows, layer.n_heads, layer.head_dim)
+    queries = attn.q_proj(x).reshape(batch, rows, layer.num_heads, layer.head_dim)
     if hasattr(attn, "q_norm"):
         # RMSNorm over D: the same whether applied before or after the head transpose.
         queries = attn.q_norm(queries)
     queries = queries.transpose(0, 2, 1, 3)
     queries = attn.rope(queries, offset=first_position)
     return queries[0].astype(mx.float32)
+
+
+def text_model(model: nn.Module) -> nn.Module:
+    """The language model itself (multimodal gemma3 wraps it in ``language_model``)."""
+    return model.language_model if model_family(model) == "gemma3" else model
 
 
 def split_head(model: nn.Module) -> tuple[Callable[..., mx.array], Callable[[mx.array], mx.array]]:
@@ -130,24 +117,22 @@ def split_head(model: nn.Module) -> tuple[Callable[..., mx.array], Callable[[mx.
     position but the last (for a 135M model with a 49k vocabulary that projection is ~20% of the work).
     """
     family = model_family(model)
-    text_model = model.language_model if family == "gemma3" else model
+    text = text_model(model)
     if family in ("gemma3", "gemma3_text"):
-        tied = bool(getattr(text_model, "tie_word_embeddings", False))
+        tied = bool(getattr(text, "tie_word_embeddings", False))
     else:
-        tied = bool(text_model.args.tie_word_embeddings)
-    backbone = text_model.model
-    head = backbone.embed_tokens.as_linear if tied else text_model.lm_head
+        tied = bool(text.args.tie_word_embeddings)
+    backbone = text.model
+    head = backbone.embed_tokens.as_linear if tied else text.lm_head
     return (lambda tokens, cache: backbone(tokens, cache)), head
 
 
-def describe(model: nn.Module) -> dict[str, Any]:
-    """A small summary for traces: family, layer count, compressible layers, heads."""
-    layers = attention_layers(model)
-    return {
-        "family": model_family(model),
-        "num_layers": len(layers),
-        "compressible_layers": [a.index for a in layers if a.compressible],
-        "n_heads": layers[0].n_heads if layers else 0,
-        "n_kv_heads": layers[0].n_kv_heads if layers else 0,
-        "head_dim": layers[0].head_dim if layers else 0,
-    }
+def vocab_size(model: nn.Module) -> int:
+    """Rows of the token embedding: ids must lie below (quantized embeddings keep the row count too)."""
+    return int(text_model(model).model.embed_tokens.weight.shape[0])
+
+
+def context_length(model: nn.Module) -> int | None:
+    """``max_position_embeddings`` of the model's config, ``None`` when the config does not say."""
+    length = getattr(getattr(text_model(model), "args", None), "max_position_embeddings", None)
+    return int(length) if length else None

@@ -96,14 +96,10 @@ class MLXBackend(Backend):
         # MLX has a native reverse scan: no flips, and never `total - prefix`.
         return mx.cumsum(x, axis=axis, reverse=reverse, inclusive=True)
 
-    def sqrt(self, x: mx.array) -> mx.array:
-        return mx.sqrt(x)
-
-    def sum(self, x: mx.array, axis: int) -> mx.array:
-        return mx.sum(x, axis=axis)
-
-    def mean(self, x: mx.array, axis: int) -> mx.array:
-        return mx.mean(x, axis=axis)
+    # MLX's own functions already have the vocabulary's signatures (x, axis=...).
+    sqrt = staticmethod(mx.sqrt)
+    sum = staticmethod(mx.sum)
+    mean = staticmethod(mx.mean)
 
     def argsort(self, x: mx.array, axis: int = -1) -> mx.array:
         """Stable ascending argsort, whatever sort MLX runs underneath.

@@ -2,7 +2,7 @@
 
 mlx-lm's ``KVCache.offset`` means two things at once: the RoPE position of the next token *and*
 the number of rows in the cache. After ReFreeKV evicts prompt rows those two numbers differ, so
-:class:`CompressedKVCache` keeps them apart:
+:class:`CompactedKVCache` keeps them apart:
 
 * ``offset``: the logical position of the next token (prompt length + tokens decoded since).
   mlx-lm's attention modules read ``cache.offset`` as the RoPE offset, so this must stay logical.
@@ -16,9 +16,9 @@ them, for teaching and for tests.
 Decoded tokens are appended and never evicted (as in the paper).
 
 It plugs into mlx-lm unchanged (``model(tokens, cache=[...])``, ``generate_step(prompt_cache=...)``)
-and round-trips through ``mlx_lm.models.cache.save_prompt_cache``; load it back with
-:func:`load_prompt_cache` here, or call :func:`register_with_mlx_lm` once to make mlx-lm's own
-``load_prompt_cache`` find the class.
+and round-trips through ``mlx_lm.models.cache.save_prompt_cache``; load it back with mlx-lm's own
+``load_prompt_cache`` after :func:`register_with_mlx_lm` (which :func:`load_prompt_cache` here does for you).
+The torch integration's compacted cache layer has the same name (``refreekv_torch.hf_cache.CompactedKVCache``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ import numpy as np
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import KVCache, _BaseCache
 
+from refreekv_edu.integration import shared_positions
 
-class CompressedKVCache(_BaseCache):
+
+class CompactedKVCache(_BaseCache):
     """Kept prompt rows per KV head, plus every decoded row, with the logical offset kept apart.
 
     Arrays (batch ``B = 1``):
@@ -53,7 +55,7 @@ class CompressedKVCache(_BaseCache):
     @classmethod
     def from_kept(
         cls, keys: mx.array, values: mx.array, kept: np.ndarray, prompt_len: int | None = None
-    ) -> CompressedKVCache:
+    ) -> CompactedKVCache:
         """Compact a full prompt cache down to the kept rows of each KV head.
 
         Args:
@@ -80,7 +82,7 @@ class CompressedKVCache(_BaseCache):
             raise ValueError(f"kept positions must lie in [0, {length}); got range [{kept.min()}, {kept.max()}]")
         index = mx.array(kept.astype(np.int32))
         obj = cls()
-        if n_kv_heads == 1 or (kept == kept[:1]).all():
+        if shared_positions(kept) is not None:
             # One kept set for every KV head (always with the recency ranking): one take along the row axis.
             obj.keys = mx.take(keys, index[0], axis=2)
             obj.values = mx.take(values, index[0], axis=2)
@@ -96,7 +98,7 @@ class CompressedKVCache(_BaseCache):
         return obj
 
     @classmethod
-    def from_kv_cache(cls, cache: KVCache, kept: np.ndarray) -> CompressedKVCache:
+    def from_kv_cache(cls, cache: KVCache, kept: np.ndarray) -> CompactedKVCache:
         """Compact an mlx-lm ``KVCache`` holding exactly the prompt (``cache.offset == L``).
 
         Args:
@@ -116,7 +118,7 @@ class CompressedKVCache(_BaseCache):
         new = keys.shape[2]
         if self.keys is None:
             raise RuntimeError(
-                "CompressedKVCache is empty: build it with CompressedKVCache.from_kept(...) after prefill"
+                "CompactedKVCache is empty: build it with CompactedKVCache.from_kept(...) after prefill"
             )
         if self.rows + new > self.keys.shape[2]:
             grow = (new + self.step - 1) // self.step * self.step
@@ -155,7 +157,7 @@ class CompressedKVCache(_BaseCache):
         """
         if window_size is not None:
             raise ValueError(
-                "CompressedKVCache is for global-attention layers; sliding-window layers keep their RotatingKVCache"
+                "CompactedKVCache is for global-attention layers; sliding-window layers keep their RotatingKVCache"
             )
         if N == 1:
             return None
@@ -219,55 +221,34 @@ class CompressedKVCache(_BaseCache):
     @meta_state.setter
     def meta_state(self, value: str) -> None:
         if value:
-            raise ValueError(f"CompressedKVCache has no meta state, got {value!r}")
+            raise ValueError(f"CompactedKVCache has no meta state, got {value!r}")
 
     def __repr__(self) -> str:
         heads = 0 if self.keys is None else self.keys.shape[1]
-        return f"CompressedKVCache(offset={self.offset}, rows={self.rows}, kv_heads={heads}, nbytes={self.nbytes})"
+        return f"CompactedKVCache(offset={self.offset}, rows={self.rows}, kv_heads={heads}, nbytes={self.nbytes})"
 
 
-def load_prompt_cache(file_name: str, return_metadata: bool = False) -> Any:
-    """``mlx_lm.models.cache.load_prompt_cache`` that also knows :class:`CompressedKVCache`.
-
-    mlx-lm finds cache classes by name in its own module's globals, which do not contain ours.
-    Rather than writing into mlx-lm's module, this reads the same file format and looks classes
-    up in mlx-lm's module *and* here.
-    """
-    import mlx_lm.models.cache as mlx_cache
-    from mlx.utils import tree_unflatten
-
-    arrays, cache_metadata = mx.load(file_name, return_metadata=True)
-    metadata, classes, scalars = tree_unflatten(list(cache_metadata.items()))
-    converters = {
-        "scalar": lambda a: a.item(),
-        "string": lambda a: "".join(chr(i) for i in a.tolist()),
-        "none": lambda a: None,
-    }
-    for pos, kind in scalars[1:]:
-        if kind not in converters:
-            raise ValueError(f"unknown scalar kind {kind!r} in prompt cache {file_name}")
-        arrays[pos] = converters[kind](arrays[pos])
-    states = tree_unflatten(list(arrays.items()))
-    known = {"CompressedKVCache": CompressedKVCache}
-
-    def lookup(name: str) -> type:
-        cls = known.get(name) or getattr(mlx_cache, name, None)
-        if cls is None:
-            raise ValueError(f"prompt cache {file_name} holds an unknown cache class {name!r}")
-        return cls
-
-    cache = [lookup(name).from_state(state) for name, state in zip(classes, states)]
-    return (cache, metadata) if return_metadata else cache
+#: The former name of :class:`CompactedKVCache`, kept for existing code (and for prompt caches saved under it).
+CompressedKVCache = CompactedKVCache
 
 
 def register_with_mlx_lm() -> None:
-    """Make ``mlx_lm.models.cache.load_prompt_cache`` able to rebuild :class:`CompressedKVCache`.
+    """Make ``mlx_lm.models.cache.load_prompt_cache`` able to rebuild :class:`CompactedKVCache`.
 
-    mlx-lm resolves cache classes with ``globals()[name]`` inside its cache module, so the only way
-    to extend *its* loader is to add our class to that module. This mutates mlx-lm's module state,
-    which is why it is an explicit call and never happens on import; :func:`load_prompt_cache`
-    here needs no registration at all.
+    mlx-lm resolves cache classes by name in its cache module's globals, so the only way to extend *its*
+    loader is to add our class to that module (under its name and its former name ``CompressedKVCache``).
+    This changes mlx-lm's module, which is why it never happens on import: call it once, or use
+    :func:`load_prompt_cache` here, which calls it.
     """
     import mlx_lm.models.cache as mlx_cache
 
-    mlx_cache.CompressedKVCache = CompressedKVCache
+    mlx_cache.CompactedKVCache = CompactedKVCache
+    mlx_cache.CompressedKVCache = CompactedKVCache
+
+
+def load_prompt_cache(file_name: str, return_metadata: bool = False) -> Any:
+    """mlx-lm's own ``load_prompt_cache`` after :func:`register_with_mlx_lm`: files with compacted layers load too."""
+    from mlx_lm.models.cache import load_prompt_cache as mlx_load_prompt_cache
+
+    register_with_mlx_lm()
+    return mlx_load_prompt_cache(file_name, return_metadata=return_metadata)

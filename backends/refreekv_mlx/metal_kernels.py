@@ -170,15 +170,6 @@ def halting_curve_launch(num_heads: int, n: int, threads: int = DEFAULT_THREADS)
 
 
 # ---------------------------------------------------------------------------------------------- Metal
-def metal_available() -> bool:
-    """True when MLX is installed, Metal is available and the default device is the GPU."""
-    try:
-        import mlx.core as mx
-    except ImportError:
-        return False
-    return bool(mx.metal.is_available()) and mx.default_device() == mx.gpu
-
-
 @cache
 def _metal_kernel(spec: KernelSpec) -> Any:
     import mlx.core as mx

@@ -11,21 +11,22 @@ positions: one row for the paper's recency ranking, the ``w`` window rows for an
 (never ``policy.window``, which is 0 for the paper). mlx-lm attention modules do not return their
 queries, so during prefill we record the tail of each attention module's *input* (the last ``r``
 rows) and recompute the queries afterwards from it with the module's own ``q_proj`` / ``q_norm`` /
-``rope`` (:func:`refreekv_mlx.adapter.window_queries`).
+``rope`` (:func:`refreekv_mlx.adapter.recompute_queries`).
 Recording works by wrapping ``layer.self_attn`` in a tiny module for the duration of the prefill
 call and putting the original back afterwards (also on error).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .adapter import AttentionLayer, attention_layers, split_head, window_queries
+from .adapter import AttentionLayer, attention_layers, recompute_queries, split_head
 
 
 class _InputRecorder(nn.Module):
@@ -53,8 +54,8 @@ class PrefillResult:
     Attributes:
         cache: mlx-lm caches, one per layer, holding the whole prompt (``KVCache`` / ``RotatingKVCache``).
         last_logits: ``(vocab,)`` float32 logits at the last prompt position (predict the first new token).
-        window_inputs: layer index -> ``(1, r, hidden)`` attention input of the last ``r`` prompt positions
-            (compressible layers only).
+        query_inputs: layer index -> ``(1, r, hidden)`` attention input of the last ``r`` prompt positions
+            (the recorded layers only).
         layers: the adapter's description of every layer.
         prompt_len: ``L``.
         query_rows: ``r = min(query_rows, L)``, how many trailing positions' queries were recorded.
@@ -62,17 +63,16 @@ class PrefillResult:
 
     cache: list[Any]
     last_logits: mx.array
-    window_inputs: dict[int, mx.array]
+    query_inputs: dict[int, mx.array]
     layers: list[AttentionLayer]
     prompt_len: int
     query_rows: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def queries(self, layer: int) -> mx.array:
         """``(Hq, r, D)`` float32 post-RoPE queries of the last ``r`` prompt positions of ``layer``."""
-        if layer not in self.window_inputs:
-            raise KeyError(f"layer {layer} was not recorded (sliding-window layers are never pruned)")
-        return window_queries(self.layers[layer], self.window_inputs[layer], self.prompt_len - self.query_rows)
+        if layer not in self.query_inputs:
+            raise KeyError(f"layer {layer} was not recorded (sliding-window and full layers are never pruned)")
+        return recompute_queries(self.layers[layer], self.query_inputs[layer], self.prompt_len - self.query_rows)
 
     def keys(self, layer: int) -> mx.array:
         """``(Hkv, L, D)`` post-RoPE prompt keys of ``layer`` (float32, from its cache)."""
@@ -86,6 +86,7 @@ def prefill(
     query_rows: int,
     chunk_size: int = 512,
     progress: bool = False,
+    record: Collection[int] | None = None,
 ) -> PrefillResult:
     """Run the prompt through ``model`` in chunks with full caches, recording the last ``query_rows`` rows.
 
@@ -96,6 +97,7 @@ def prefill(
             1 for the paper, ``w`` for an H2O/SnapKV ranking; not ``policy.window``, which may be 0).
         chunk_size: tokens per forward call (bounds the ``chunk x L`` attention scores in memory).
         progress: show a tqdm bar over the chunks.
+        record: the layers whose query inputs to record (default: every compressible layer); the others run as is.
 
     Returns:
         a :class:`PrefillResult`.
@@ -115,7 +117,8 @@ def prefill(
     layers = attention_layers(model)
     backbone, head = split_head(model)
     cache = make_prompt_cache(model)
-    recorders = {a.index: _InputRecorder(a.attn, rows) for a in layers if a.compressible}
+    wanted = {a.index for a in layers if a.compressible} if record is None else set(record)
+    recorders = {a.index: _InputRecorder(a.attn, rows) for a in layers if a.index in wanted}
     blocks = model.layers
     try:
         for index, recorder in recorders.items():
@@ -138,7 +141,7 @@ def prefill(
     return PrefillResult(
         cache=cache,
         last_logits=last_logits,
-        window_inputs={i: r.tail for i, r in recorders.items()},
+        query_inputs={i: r.tail for i, r in recorders.items()},
         layers=layers,
         prompt_len=length,
         query_rows=rows,

@@ -14,10 +14,12 @@ Which implementation of the fused ops (``window_scores``, ``halting_curve``) run
 The environment variable ``REFREEKV_TORCH_KERNELS`` sets the default for backends created without
 an explicit ``kernels=`` (e.g. by ``get_backend("torch")``).
 
-Devices: torch tensors stay on their device. numpy arrays and lists go to the backend's ``device``
-if one was given, else to the device of the last torch tensor this backend converted, because the
-core builds small helper arrays (position scores) from numpy, and they must sit next to the model's
-tensors.
+The backend holds no mutable state: the kernel mode and the device are fixed when it is made, and
+everything else is decided per call. Devices: torch tensors stay on their device; numpy arrays and
+lists go to the backend's ``device`` (the CPU when none was given). The core builds small helper arrays
+(position scores) from numpy, so integrations pin a backend to the model's device with :meth:`TorchBackend.on`;
+ops that combine a helper with a model tensor (``take_along_axis``) move the helper to the tensor.
+A Triton kernel that fails in ``"auto"`` mode falls back to the torch ops for that call only, with a warning.
 
 The CUDA path (compiled Triton kernels) has not been executed yet: this project was built on CPUs
 (kernels checked with the Triton interpreter). ``bench/gpu_check.py`` verifies it on a GPU.
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from refreekv_edu.backend import Backend
+from refreekv_edu.backend import Backend, BackendConfigError
 
 KERNEL_MODES = ("auto", "triton", "torch")
 #: Environment variable with the default ``kernels`` mode.
@@ -70,7 +72,7 @@ class TorchBackend(Backend):
     Args:
         kernels: ``"auto"``, ``"triton"`` or ``"torch"`` (see the module docstring); ``None`` reads
             ``$REFREEKV_TORCH_KERNELS`` and defaults to ``"auto"``.
-        device: where numpy inputs go (``"cpu"``, ``"cuda"``, ...); ``None`` follows the inputs.
+        device: where numpy inputs go (``"cpu"``, ``"cuda"``, ...); ``None``: the CPU (torch inputs keep theirs).
     """
 
     name = "torch"
@@ -78,24 +80,32 @@ class TorchBackend(Backend):
     def __init__(self, kernels: str | None = None, device: str | torch.device | None = None) -> None:
         mode = kernels if kernels is not None else os.environ.get(KERNELS_ENV, "auto")
         if mode not in KERNEL_MODES:
-            source = "kernels" if kernels is not None else f"${KERNELS_ENV}"
-            raise ValueError(f"{source} must be one of {', '.join(KERNEL_MODES)}, got {mode!r}")
+            if kernels is not None:
+                raise ValueError(f"kernels must be one of {', '.join(KERNEL_MODES)}, got {mode!r}")
+            raise BackendConfigError(
+                f"the environment variable {KERNELS_ENV} must be one of {', '.join(KERNEL_MODES)} "
+                f"(or unset, meaning auto), got {mode!r}"
+            )
         if mode == "triton" and not triton_installed():
             raise ValueError("kernels='triton' needs the triton package: pip install 'refreekv_edu[triton]'")
         self.kernels = mode
         self.device = torch.device(device) if device is not None else None
-        self._follow = torch.device("cpu")  # device of the last torch tensor seen (when self.device is None)
-        self._triton_failure = ""  # why the Triton kernels were abandoned in "auto" mode, if they were
+
+    def on(self, device: str | torch.device) -> TorchBackend:
+        """This backend with numpy inputs going to ``device`` (``self`` when it already does): a new, equal backend."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        return TorchBackend(kernels=self.kernels, device=device)
 
     # ------------------------------------------------------------------ vocabulary
     def asarray(self, x: Any, dtype: str = "float32") -> torch.Tensor:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         if isinstance(x, torch.Tensor):
-            self._follow = x.device
             return x.to(device=self.device or x.device, dtype=_DTYPES[dtype])
         # numpy, lists, or another backend's array (mlx arrays convert through numpy).
-        return torch.as_tensor(np.asarray(x), dtype=_DTYPES[dtype], device=self.device or self._follow)
+        return torch.as_tensor(np.asarray(x), dtype=_DTYPES[dtype], device=self.device or "cpu")
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
         if x.dtype in (torch.bfloat16, torch.float16):
@@ -141,7 +151,8 @@ class TorchBackend(Backend):
         return torch.sort(x, dim=axis, stable=True).indices
 
     def take_along_axis(self, x: torch.Tensor, idx: torch.Tensor, axis: int) -> torch.Tensor:
-        return torch.take_along_dim(x, idx, dim=axis)
+        # idx may come from a helper built from numpy (the recency order): it goes where x is.
+        return torch.take_along_dim(x, torch.as_tensor(idx, device=x.device), dim=axis)
 
     def max_pool1d(self, x: torch.Tensor, kernel: int) -> torch.Tensor:
         half = kernel // 2
@@ -150,7 +161,7 @@ class TorchBackend(Backend):
         return padded.unfold(-1, kernel, 1).amax(dim=-1)
 
     def causal_window_mask(self, window: int, length: int) -> torch.Tensor:
-        device = self.device or self._follow
+        device = self.device or torch.device("cpu")
         rows = torch.arange(length - window, length, device=device)[:, None]
         cols = torch.arange(length, device=device)[None, :]
         zero = torch.zeros((), device=device)
@@ -172,8 +183,6 @@ class TorchBackend(Backend):
             return "torch", "kernels='torch' requested"
         if self.kernels == "triton":
             return "triton", "kernels='triton' requested"
-        if self._triton_failure:
-            return "torch", f"the Triton kernels failed earlier in this process: {self._triton_failure}"
         if not triton_installed():
             return "torch", "triton is not installed"
         if x.device.type == "cuda":
@@ -185,11 +194,14 @@ class TorchBackend(Backend):
     def _run_fused(self, op: str, x: torch.Tensor, *args: Any) -> Any:
         """Run fused op ``op`` with the Triton kernels or the torch-op default, as :meth:`kernel_path` says.
 
-        In ``"auto"`` mode a kernel that fails (a Triton or driver version the kernels were never run
-        with, say) is reported once with a warning, and the torch ops take over for this backend.
+        The torch-op default runs on a backend pinned to ``x``'s device (its helper arrays, the causal mask,
+        are made there). In ``"auto"`` mode a kernel that fails (a Triton or driver version the kernels were
+        never run with, say) falls back to the torch ops *for this call only*, with a warning each time;
+        ``kernels="triton"`` raises.
         """
+        torch_ops = getattr(super(TorchBackend, self.on(x.device)), op)
         if self.kernel_path(x)[0] == "torch":
-            return getattr(super(), op)(x, *args)
+            return torch_ops(x, *args)
         from . import triton_kernels
 
         try:
@@ -199,14 +211,14 @@ class TorchBackend(Backend):
         except Exception as exc:
             if self.kernels == "triton":
                 raise
-            self._triton_failure = f"{type(exc).__name__}: {exc}"
             warnings.warn(
-                f"refreekv_torch: Triton kernel {op!r} failed ({self._triton_failure}); using torch ops instead. "
-                "Please report this with the output of bench/gpu_check.py.",
+                f"refreekv_torch: Triton kernel {op!r} failed ({type(exc).__name__}: {exc}); this call uses torch "
+                "ops instead, and the next call tries the kernel again. Please report this with the output of "
+                "bench/gpu_check.py.",
                 RuntimeWarning,
                 stacklevel=3,
             )
-            return getattr(super(), op)(x, *args)
+            return torch_ops(x, *args)
 
     def window_scores(
         self, queries: torch.Tensor, keys: torch.Tensor, scale: float, window: int, n_cols: int | None = None
@@ -216,7 +228,6 @@ class TorchBackend(Backend):
         if n <= 0:  # no candidates: nothing to launch
             empty = keys.new_zeros((queries.shape[0], 0), dtype=torch.float32)
             return empty, empty.clone()
-        self._follow = keys.device
         # n_cols = L - r for the window rankings (H2O, SnapKV); n_cols = L, r = 1 for the paper's recency ranking.
         return self._run_fused("window_scores", queries.float(), keys.float(), scale, window, n)
 

@@ -6,7 +6,7 @@ ReFreeKV needs three things from each attention layer of a transformers model:
    paper's recency ranking, the window ``w`` for H2O/SnapKV), recomputed from the layer's input
    (the model never stores queries);
 2. the **attention scale** the model really uses (Gemma 3 does not use ``1/sqrt(D)``);
-3. whether the layer is a **sliding-window** layer, whose rotating cache we leave alone.
+3. whether the layer is **compressible**: not a sliding-window layer, whose rotating cache we leave alone.
 
 Everything else (the cache layout ``(batch, Hkv, L, D)``, post-RoPE keys in the cache,
 ``rotate_half`` RoPE) is the same across the supported families:
@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from refreekv_edu.integration import LayerSpec
+
 #: model_type -> whether the query goes through a per-head ``q_norm`` before RoPE.
 QUERY_NORM: dict[str, bool] = {
     "llama": False,
@@ -47,34 +49,20 @@ class UnsupportedModelError(ValueError):
     """The model's family is not one the adapter knows how to read queries from."""
 
 
-@dataclass
-class AttentionLayerInfo:
-    """What ReFreeKV needs to know about one attention layer.
+@dataclass(frozen=True)
+class AttentionLayer(LayerSpec):
+    """One transformers attention layer: the shared :class:`~refreekv_edu.integration.LayerSpec` (``index``,
+    ``num_heads``, ``num_kv_heads``, ``head_dim``, ``scale``, ``compressible``) plus what recomputing its queries needs.
 
     Attributes:
-        index: layer index in the model (also the cache layer index).
         attn: the ``self_attn`` module (holds ``q_proj``, ``q_norm``, ``scaling``).
-        num_heads: ``Hq``.
-        num_kv_heads: ``Hkv``.
-        head_dim: ``D``.
-        scale: the attention scale the model multiplies ``Q K^T`` by.
-        sliding_window: the window size of a sliding-window layer, ``None`` for full attention.
+        sliding_window: the window of a sliding-window layer (then ``compressible`` is False), ``None`` otherwise.
         q_norm: the per-head query norm applied before RoPE (qwen3, gemma3), else ``None``.
     """
 
-    index: int
     attn: torch.nn.Module
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    scale: float
     sliding_window: int | None
-    q_norm: torch.nn.Module | None = None
-
-    @property
-    def is_sliding(self) -> bool:
-        """True for a sliding-window layer (``sliding_window`` is set); such layers are not compressed."""
-        return self.sliding_window is not None
+    q_norm: torch.nn.Module | None
 
 
 def text_config(model: Any) -> Any:
@@ -111,8 +99,8 @@ def decoder_layers(model: Any) -> list[torch.nn.Module]:
     return list(layers)
 
 
-def attention_layers(model: Any) -> list[AttentionLayerInfo]:
-    """One :class:`AttentionLayerInfo` per decoder layer."""
+def attention_layers(model: Any) -> list[AttentionLayer]:
+    """One :class:`AttentionLayer` per decoder layer."""
     kind = check_supported(model)
     config = text_config(model)
     num_heads = int(config.num_attention_heads)
@@ -121,15 +109,17 @@ def attention_layers(model: Any) -> list[AttentionLayerInfo]:
     for index, layer in enumerate(decoder_layers(model)):
         attn = layer.self_attn
         head_dim = int(getattr(attn, "head_dim", None) or config.hidden_size // num_heads)
+        window = _sliding_window(attn, config, index, kind)
         infos.append(
-            AttentionLayerInfo(
+            AttentionLayer(
                 index=index,
-                attn=attn,
                 num_heads=num_heads,
                 num_kv_heads=num_kv_heads,
                 head_dim=head_dim,
                 scale=float(attn.scaling),
-                sliding_window=_sliding_window(attn, config, index, kind),
+                compressible=window is None,
+                attn=attn,
+                sliding_window=window,
                 q_norm=attn.q_norm if QUERY_NORM[kind] else None,
             )
         )
@@ -154,8 +144,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def observation_queries(
-    info: AttentionLayerInfo,
+def recompute_queries(
+    info: AttentionLayer,
     hidden: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:

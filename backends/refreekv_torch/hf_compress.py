@@ -1,37 +1,20 @@
-"""Compress a Hugging Face transformers KV cache with a ReFreeKV policy, for real.
+"""The press: compress a Hugging Face transformers KV cache with a ReFreeKV policy, for real.
 
-How it works, in the order it happens:
+How it works, in the order it happens (the shared steps are :mod:`refreekv_edu.integration`'s):
 
-1. **Capture** (during prefill). A forward pre-hook on every attention module keeps the
-   last ``r = policy.query_rows`` rows of the layer's attention input and of its RoPE
-   ``(cos, sin)``: one row for the paper's recency ranking, the window ``w`` for H2O/SnapKV.
-   Layers the policy never prunes (``full_layers``) keep nothing. The model runs exactly as
-   it would without us.
-2. **Decide** (after prefill, once per layer). The last ``r`` queries are recomputed from the
-   captured rows with the layer's own ``q_proj`` / ``q_norm`` / RoPE (:mod:`.hf_adapter`), the
-   post-RoPE keys are read from the cache, and ``policy.decide_layer(Q (Hq, r, D), K (Hkv, L, D))``
-   picks the rows each KV head keeps.
-3. **Compact**. Each pruned layer's cached keys/values ``(1, Hkv, L, D)`` are cut down to
-   ``(1, Hkv, n_kept, D)`` in a new :class:`PrunedLayer`; the old tensors are freed. When every
-   KV head keeps the same positions (always with the recency ranking) that is one
-   ``index_select`` on the row axis; otherwise a per-head gather. A full layer keeps its cache
-   object and tensors untouched.
-4. **Decode**. Two things must stay right although layers now hold fewer rows than tokens seen:
+1. **Capture** (during prefill). A forward pre-hook on every pruned layer's attention module keeps the last
+   ``r = policy.query_rows`` rows of the layer's attention input and of its RoPE ``(cos, sin)``: one row for
+   the paper's recency ranking, the window ``w`` for H2O/SnapKV. The model runs exactly as it would without us.
+2. **Decide** (after prefill, once per layer, :func:`~refreekv_edu.integration.decide_and_compact`). The last
+   ``r`` queries are recomputed from the captured rows with the layer's own ``q_proj`` / ``q_norm`` / RoPE
+   (:mod:`.hf_adapter`), the post-RoPE keys are read from the cache, and ``policy.decide_layer`` picks the rows
+   each KV head keeps. A layer in ``policy.full_layers`` is decided from shapes alone and left untouched.
+3. **Compact**. Each pruned layer's cache becomes a :class:`~.hf_cache.CompactedKVCache` holding the kept rows
+   (:mod:`.hf_cache`), and the model's attention switches to the mask-fitting wrapper (:mod:`.hf_attention`).
+4. **Decode** as usual; positions continue at ``L``.
 
-   - *positions*: the next token's RoPE position is the number of tokens seen (``L`` after the
-     prompt), not the number of rows kept. :class:`PrunedLayer` counts both and reports the
-     logical length from ``get_seq_length()``, which is what transformers uses for positions.
-   - *masks*: transformers builds one attention mask per forward and shares it across layers, but
-     layers now hold different numbers of rows. So while a compressed cache is in use the model's
-     attention implementation is swapped for a thin wrapper (``"refreekv_sdpa"`` /
-     ``"refreekv_eager"``) that builds each layer's own mask from its own key count: every kept row
-     is in the past, so the mask is the causal mask aligned to the bottom-right corner (plus the
-     sliding window on sliding layers). A full layer still holds one row per token, so its mask is
-     the ordinary causal one. The original implementation is restored on exit.
-
-Gemma 3 sliding-window layers (and any layer with a sliding window) keep their rotating cache
-untouched. ``gqa="expand"`` cannot compact a GQA model (it would need ``Hq`` copies of each KV
-head); it raises, and works only when ``Hq == Hkv``. Batch size 1 only, without padding.
+Sliding-window layers keep their rotating cache. ``gqa="expand"`` cannot compact a GQA layer and raises.
+Batch size 1 without padding, dynamic caches only; one press per model at a time.
 
 Usage::
 
@@ -42,159 +25,190 @@ Usage::
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from refreekv_edu.backend import Backend, get_backend
+from refreekv_edu.backend import Backend
 from refreekv_edu.decision import LayerDecision, Trace
+from refreekv_edu.integration import ModelAdapter, check_compactable, decide_and_compact, trace_meta
 
-from . import hf_adapter
+from . import hf_adapter, hf_cache
+from .backend import TorchBackend
+from .hf_attention import FittedAttention
+from .hf_cache import CompactedKVCache, check_dynamic, layer_bytes, layer_rows
 
-#: Attention implementations the mask-fitting wrapper can delegate to.
-SUPPORTED_ATTENTION = ("sdpa", "eager")
-_WRAPPER_PREFIX = "refreekv_"
+__all__ = ["Compressor", "CompressionStats", "TransformersAdapter", "compress", "apply", "CompactedKVCache"]
+
+#: The former name of :class:`~.hf_cache.CompactedKVCache`, kept for existing code.
+PrunedLayer = CompactedKVCache
 
 
-# ---------------------------------------------------------------------------------------- the cache
-class PrunedLayer(DynamicLayer):
-    """A full-attention cache layer that holds fewer rows than the tokens it has seen.
+@dataclass
+class Captured:
+    """The last ``r = policy.query_rows`` rows one pruned attention layer saw in prefill."""
+
+    hidden: torch.Tensor  # (1, r, hidden_size), attention input (after input_layernorm)
+    cos: torch.Tensor  # (1, r, D)
+    sin: torch.Tensor  # (1, r, D)
+
+
+# ---------------------------------------------------------------------------------------- the adapter
+class TransformersAdapter(ModelAdapter):
+    """The transformers pieces of :func:`refreekv_edu.integration.generate` (see :class:`ModelAdapter`).
 
     Attributes:
-        keys, values: ``(1, Hkv, rows, D)``: the kept prompt rows (in position order), then every decoded token.
-        logical_length: tokens seen so far (prompt length ``L`` + decoded tokens); the next token's position.
-        prompt_rows: rows that came from the compacted prompt (``n_kept``).
+        model: the causal LM (batch 1).
+        cache: the ``DynamicCache`` of the current prompt (set by :meth:`prefill` or by the capture hooks).
+        captured: layer index -> :class:`Captured`, for the pruned layers of the last prefill.
+        prompt_len: ``L`` of the last prefill.
+        pending: a prefill was captured and not compacted yet.
+        attention: switches the model to the mask-fitting attention once a layer is compacted.
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, logical_length: int) -> None:
-        super().__init__()
-        self.lazy_initialization(keys, values)
-        self.keys, self.values = keys, values
-        self.logical_length = int(logical_length)
-        self.prompt_rows = int(keys.shape[-2])
+    name = "torch"
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
-        self.logical_length += int(key_states.shape[-2])
-        return super().update(key_states, value_states)
+    def __init__(self, model: Any, policy: Any) -> None:
+        super().__init__(policy)
+        self.model = model
+        self.attention_layers = hf_adapter.attention_layers(model)  # raises for unsupported families
+        self.attention = FittedAttention(model)  # raises for attention implementations other than sdpa / eager
+        self.cache: Any = None
+        self.captured: dict[int, Captured] = {}
+        self.prompt_len = 0
+        self.pending = False
+        self._handles: list[Any] = []
 
-    def get_seq_length(self) -> int:
-        """Tokens seen, not rows held: transformers derives the next positions from this."""
-        return self.logical_length
+    # ------------------------------------------------------------------ the model
+    def layers(self) -> list[hf_adapter.AttentionLayer]:
+        return self.attention_layers
 
     @property
-    def num_rows(self) -> int:
-        """Rows physically held per head."""
-        return int(self.keys.shape[-2])
+    def device(self) -> torch.device:
+        """Where the model's weights (and so its cache) live."""
+        return next(self.model.parameters()).device
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        # kv_offset shifts the rows' indices so that the new tokens line up with their logical positions
-        # and every kept row sits before them: the bottom-right-aligned causal mask.
-        return self.num_rows + query_length, self.logical_length - self.num_rows
+    def vocab_size(self) -> int | None:
+        embeddings = self.model.get_input_embeddings()
+        rows = getattr(embeddings, "num_embeddings", None)
+        return int(rows) if rows is not None else getattr(hf_adapter.text_config(self.model), "vocab_size", None)
 
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("a compacted (ReFreeKV) cache layer cannot be cropped; run prefill again instead")
+    def context_length(self) -> int | None:
+        length = getattr(hf_adapter.text_config(self.model), "max_position_embeddings", None)
+        return int(length) if length else None
 
-    def reset(self) -> None:
-        super().reset()
-        self.logical_length = 0
-        self.prompt_rows = 0
+    def eos_sources(self) -> tuple[Any, ...]:
+        return (getattr(self.model, "generation_config", None),)
 
+    def describe(self) -> dict[str, str]:
+        config = hf_adapter.text_config(self.model)
+        return {"model": getattr(config, "_name_or_path", "") or "", "model_type": hf_adapter.model_type(self.model)}
 
-def layer_bytes(layer: Any) -> int:
-    """Bytes held by one cache layer's keys and values (0 when empty)."""
-    if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
-        return 0
-    return layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
+    def decision_backend(self, requested: str | Backend | None = None) -> Backend:
+        backend = super().decision_backend(requested)
+        # Helper arrays the core builds from numpy must sit next to the model's tensors: pin the device.
+        return backend.on(self.device) if isinstance(backend, TorchBackend) and backend.device is None else backend
 
+    # ------------------------------------------------------------------ capture
+    def attach_capture(self) -> None:
+        """Install the capture hooks on every pruned layer (idempotent)."""
+        if self._handles or not self.policy.compresses:
+            return
+        for layer in self.attention_layers:
+            if layer.compressible:
+                hook = self._capture_hook(layer, prunes=self.policy.prunes_layer(layer.index))
+                self._handles.append(layer.attn.register_forward_pre_hook(hook, with_kwargs=True))
 
-def layer_rows(layer: Any) -> int:
-    """Rows per head physically held by one cache layer."""
-    if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
-        return 0
-    return int(layer.keys.shape[-2])
+    def detach_capture(self) -> None:
+        """Remove the capture hooks and forget what they captured."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.captured.clear()
+        self.pending = False
 
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        """Capture during the block, unless the hooks are already installed (by a :class:`Compressor`)."""
+        installed = bool(self._handles)
+        self.attach_capture()
+        try:
+            yield
+        finally:
+            if not installed:
+                for handle in self._handles:
+                    handle.remove()
+                self._handles.clear()
 
-# ---------------------------------------------------------------------------------------- the masks
-def bottom_right_mask(q_len: int, kv_len: int, sliding_window: int | None, device: torch.device) -> torch.Tensor | None:
-    """Which keys each query may see when all cached rows are in the past: ``(q_len, kv_len)`` bool, or ``None`` = all.
+    def _capture_hook(self, layer: hf_adapter.AttentionLayer, prunes: bool) -> Callable[..., None]:
+        # The queries a decision reads: 1 row for recency, w for H2O/SnapKV. Never policy.window, which
+        # is 0 for the paper, and x[:, -0:] would be the whole prompt.
+        rows = max(1, int(self.policy.query_rows))
 
-    Query ``i`` is the token at row ``kv_len - q_len + i``; it sees rows ``j <= kv_len - q_len + i`` (causal, aligned to
-    the bottom-right corner) and, on a sliding layer, only the last ``sliding_window`` of them.
-    """
-    if q_len == 1 and (sliding_window is None or kv_len <= sliding_window):
-        return None
-    rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
-    cols = torch.arange(kv_len, device=device)[None, :]
-    allowed = cols <= rows
-    if sliding_window is not None:
-        allowed &= rows - cols < sliding_window
-    return allowed
+        def hook(module: Any, args: tuple, kwargs: dict) -> None:
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            if cache is None or hidden is None:
+                return
+            check_dynamic(cache)
+            if layer.index < len(cache.layers) and cache.layers[layer.index].get_seq_length() > 0:
+                return  # not a prefill for this layer: the cache already holds tokens
+            self.cache, self.prompt_len, self.pending = cache, int(hidden.shape[1]), True
+            if prunes:  # a full layer records nothing: its decision needs only the shapes
+                cos, sin = kwargs["position_embeddings"]
+                self.captured[layer.index] = Captured(
+                    hidden[:, -rows:].detach(), cos[:, -rows:].detach(), sin[:, -rows:].detach()
+                )
 
+        return hook
 
-def _model_eager_attention(module: torch.nn.Module) -> Callable[..., Any]:
-    # Each family has its own eager function (Gemma 3's adds logit soft-capping): use the module's own.
-    return sys.modules[type(module).__module__].eager_attention_forward
+    # ------------------------------------------------------------------ the four framework pieces
+    def prefill(self, ids: list[int], progress: bool = False) -> np.ndarray:
+        from transformers import DynamicCache
 
+        self.cache = DynamicCache(config=self.model.config)
+        with self.capturing():
+            input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+            out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.prompt_len = len(ids)
+        return self.to_numpy(out.logits[0, -1])
 
-def _make_fitted_attention(base: str) -> Callable[..., Any]:
-    def attention(module, query, key, value, attention_mask, **kwargs):
-        q_len, kv_len = query.shape[-2], key.shape[-2]
-        allowed = bottom_right_mask(q_len, kv_len, kwargs.get("sliding_window"), query.device)
-        if base == "sdpa":
-            fn = ALL_ATTENTION_FUNCTIONS["sdpa"]
-            if allowed is not None and q_len == kv_len and kwargs.get("sliding_window") is None:
-                allowed = None  # plain causal prefill: let SDPA use is_causal, as transformers itself does
-            mask = None if allowed is None else allowed[None, None]
-        else:
-            fn = _model_eager_attention(module)
-            mask = None
-            if allowed is not None:
-                mask = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
-                mask = mask.masked_fill(~allowed, torch.finfo(query.dtype).min)[None, None]
-        return fn(module, query, key, value, mask, **kwargs)
+    def decision_inputs(self, layer: hf_adapter.AttentionLayer) -> tuple[torch.Tensor, torch.Tensor]:
+        captured = self.captured.get(layer.index)
+        if captured is None:
+            raise RuntimeError(f"layer {layer.index} recorded no queries: run the prefill inside the compressor first")
+        keys = self.cache.layers[layer.index].keys  # (1, Hkv, L, D), post-RoPE keys
+        if keys.shape[-2] != self.prompt_len:
+            raise RuntimeError(
+                f"layer {layer.index}: cache holds {keys.shape[-2]} rows but prefill saw {self.prompt_len} tokens; "
+                "compaction must happen right after a single prefill forward on an empty cache"
+            )
+        queries = hf_adapter.recompute_queries(layer, captured.hidden, (captured.cos, captured.sin))
+        return queries, keys[0].float()
 
-    attention.__name__ = f"refreekv_{base}_attention"
-    attention.__doc__ = f"{base} attention with a per-layer bottom-right causal mask (see refreekv_torch.hf_compress)."
-    return attention
+    def compact(self, layer: hf_adapter.AttentionLayer, decision: LayerDecision) -> None:
+        self.cache.layers[layer.index] = hf_cache.compact_layer(self.cache.layers[layer.index], decision.kept)
+        self.attention.use()  # layers now hold different row counts: each needs its own mask
 
+    def forward(self, token: int) -> np.ndarray:
+        input_ids = torch.tensor([[token]], dtype=torch.long, device=self.device)
+        return self.to_numpy(self.model(input_ids=input_ids, cache=self.cache, use_cache=True).logits[0, -1])
 
-def fitted_attention_name(base: str) -> str:
-    """Register (once) and return the name of the mask-fitting wrapper around ``base`` (``"sdpa"`` or ``"eager"``)."""
-    name = _WRAPPER_PREFIX + base
-    if name not in ALL_ATTENTION_FUNCTIONS:
-        ALL_ATTENTION_FUNCTIONS.register(name, _make_fitted_attention(base))
-    return name
+    def to_numpy(self, x: torch.Tensor) -> np.ndarray:
+        return x.detach().float().cpu().numpy()
 
+    def layer_rows(self, layer: hf_adapter.AttentionLayer) -> int:
+        return layer_rows(self.cache.layers[layer.index])
 
-def _base_attention(model: Any) -> str:
-    impl = hf_adapter.text_config(model)._attn_implementation or "eager"
-    base = impl.removeprefix(_WRAPPER_PREFIX)
-    if base not in SUPPORTED_ATTENTION:
-        raise ValueError(
-            f"attention implementation {impl!r} is not supported for compressed caches; load the model with "
-            f"attn_implementation='sdpa' (or 'eager'), or call model.set_attn_implementation('sdpa')"
-        )
-    return base
+    def layer_bytes(self, layer: hf_adapter.AttentionLayer) -> int:
+        return layer_bytes(self.cache.layers[layer.index])
 
 
 # ---------------------------------------------------------------------------------------- the press
-@dataclass
-class _Captured:
-    """The last ``r = policy.query_rows`` rows one attention layer saw in prefill (nothing for a full layer)."""
-
-    hidden: torch.Tensor | None  # (1, r, hidden_size), attention input (after input_layernorm); None: full layer
-    cos: torch.Tensor | None  # (1, r, D)
-    sin: torch.Tensor | None  # (1, r, D)
-    prompt_len: int
-
-
 @dataclass
 class CompressionStats:
     """What one compaction did (fills ``GenerationResult.stats``)."""
@@ -216,16 +230,6 @@ class CompressionStats:
         }
 
 
-def decision_backend(name: str | Backend | None = None) -> Backend:
-    """The backend decisions run on: ``name`` if given, else torch when its backend imports, else numpy."""
-    if name is not None:
-        return get_backend(name)
-    try:
-        return get_backend("torch")
-    except Exception:  # noqa: BLE001 - the torch backend (helper package) may be missing; numpy always works
-        return get_backend("numpy")
-
-
 class Compressor:
     """Attach a policy to a transformers model: capture in prefill, then decide and compact the cache.
 
@@ -234,9 +238,10 @@ class Compressor:
         policy: a refreekv_edu policy (``ReFreeKV``, ``FixedBudget``, ``FullCache``).
         backend: the decision backend (``"torch"``, ``"numpy"``, a Backend); default: torch if available.
         auto: compact right after each prefill forward (for ``model.generate``). ``False`` leaves it to
-            :meth:`compact`, which :func:`refreekv_torch.generation.generate` calls so it can time each phase.
+            :meth:`compact`.
 
     Attributes:
+        adapter: the :class:`TransformersAdapter` (what was captured, the cache, the attention switch).
         trace: the :class:`~refreekv_edu.decision.Trace` of the last compaction.
         stats: the :class:`CompressionStats` of the last compaction.
     """
@@ -244,35 +249,32 @@ class Compressor:
     def __init__(self, model: Any, policy: Any, backend: str | Backend | None = None, auto: bool = True) -> None:
         self.model = model
         self.policy = policy
-        self.layers = hf_adapter.attention_layers(model)
-        self.base_attention = _base_attention(model)
-        self.backend = decision_backend(backend)
         self.auto = auto
-        first = self.layers[0]
-        if policy.gqa == "expand" and first.num_heads != first.num_kv_heads:
-            raise ValueError(
-                f"gqa='expand' keeps one set of rows per *query* head ({first.num_heads}), but this model caches "
-                f"{first.num_kv_heads} KV heads (GQA), so its cache cannot be compacted that way (the official code "
-                "repeats the cache to Hq heads first, which saves no memory). Use gqa='group' to compress the cache, "
-                "or call policy.decide_layer directly to study expand-mode decisions."
-            )
-        self.trace = Trace(meta=self._meta())
+        self.adapter = TransformersAdapter(model, policy)
+        self.layers = self.adapter.layers()
+        check_compactable(policy, self.layers)
+        self.backend = self.adapter.decision_backend(backend)
+        self.trace = Trace(meta=trace_meta(self.adapter, policy, self.backend, self.layers))
         self.stats = CompressionStats()
-        self._captured: dict[int, _Captured] = {}
-        self._cache: Cache | None = None
         self._handles: list[Any] = []
-        self._saved_attention: str | None = None
 
     # -------------------------------------------------------------- hooks
     def attach(self) -> Compressor:
-        """Install the capture hooks (and, with ``auto``, the compaction hook). Idempotent."""
+        """Install the capture hooks (and, with ``auto``, the compaction hook). Idempotent.
+
+        Raises:
+            ValueError: another compressor is attached to the same model (nested ``compress()``).
+        """
         if self._handles or not self.policy.compresses:
             return self
-        for info in self.layers:
-            if info.is_sliding:
-                continue
-            handle = info.attn.register_forward_pre_hook(self._capture_hook(info), with_kwargs=True)
-            self._handles.append(handle)
+        for hook in self.model._forward_pre_hooks.values():
+            other = getattr(hook, "__self__", None)
+            if isinstance(other, Compressor) and other is not self:
+                raise ValueError(
+                    "nested compress(): this model already has a refreekv compressor attached (with policy "
+                    f"{other.policy!r}); leave that `with compress(...)` block (or call .detach()) first"
+                )
+        self.adapter.attach_capture()
         self._handles.append(self.model.register_forward_pre_hook(self._check_inputs, with_kwargs=True))
         if self.auto:
             self._handles.append(self.model.register_forward_hook(self._after_forward))
@@ -283,10 +285,8 @@ class Compressor:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._captured.clear()
-        if self._saved_attention is not None:
-            self.model.config._attn_implementation = self._saved_attention
-            self._saved_attention = None
+        self.adapter.detach_capture()
+        self.adapter.attention.restore()
 
     def __enter__(self) -> Compressor:
         return self.attach()
@@ -303,162 +303,36 @@ class Compressor:
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.ndim == 2 and not bool(mask.all()):
             raise ValueError("refreekv does not support padded inputs; pass the prompt without padding (batch 1)")
-
-    def _capture_hook(self, info: hf_adapter.AttentionLayerInfo) -> Callable[..., None]:
-        # The queries a decision reads: 1 row for recency, w for H2O/SnapKV. Never policy.window, which
-        # is 0 for the paper, and x[:, -0:] would be the whole prompt.
-        rows = max(1, int(self.policy.query_rows))
-        prunes = self.policy.prunes_layer(info.index)
-
-        def hook(module: Any, args: tuple, kwargs: dict) -> None:
-            cache = kwargs.get("cache", kwargs.get("past_key_values"))
-            hidden = kwargs.get("hidden_states", args[0] if args else None)
-            if cache is None or hidden is None:
-                return
-            if info.index < len(cache.layers) and cache.layers[info.index].get_seq_length() > 0:
-                return  # not a prefill for this layer: the cache already holds tokens
-            self._cache = cache
-            if not prunes:  # a full layer: only its length is needed, for the trace
-                self._captured[info.index] = _Captured(None, None, None, prompt_len=int(hidden.shape[1]))
-                return
-            cos, sin = kwargs["position_embeddings"]
-            self._captured[info.index] = _Captured(
-                hidden=hidden[:, -rows:].detach(),
-                cos=cos[:, -rows:].detach(),
-                sin=sin[:, -rows:].detach(),
-                prompt_len=int(hidden.shape[1]),
-            )
-
-        return hook
+        check_dynamic(kwargs.get("cache", kwargs.get("past_key_values")))
 
     def _after_forward(self, module: Any, args: tuple, output: Any) -> None:
-        if self._captured and self._cache is not None:
-            self.compact(self._cache)
+        if self.adapter.pending and self.adapter.cache is not None:
+            self.compact(self.adapter.cache)
 
     # -------------------------------------------------------------- decide + compact
     @torch.no_grad()
-    def compact(self, cache: Cache | None = None) -> Trace:
-        """Decide every captured layer and replace its cache rows by the kept ones.
+    def compact(self, cache: Any = None) -> Trace:
+        """Decide every layer of a freshly prefilled ``cache`` and replace each pruned layer's rows by the kept ones.
 
         Returns:
             The :class:`Trace` (also kept in ``self.trace``); ``self.stats`` is updated.
         """
-        cache = cache if cache is not None else self._cache
-        every_layer_slides = all(info.is_sliding for info in self.layers)
-        if cache is None or (not self._captured and not every_layer_slides):
+        adapter = self.adapter
+        cache = cache if cache is not None else adapter.cache
+        if cache is not None:
+            check_dynamic(cache)
+        if cache is None or (not adapter.pending and any(layer.compressible for layer in self.layers)):
             raise RuntimeError("nothing to compact: run the prefill forward inside the compressor first")
-        start = time.perf_counter()
-        decisions: list[LayerDecision] = []
-        compacted = False
-        full_bytes = 0
-        prompt_len = 0
-        for info in self.layers:
-            layer = cache.layers[info.index]
-            captured = self._captured.pop(info.index, None)
-            if captured is None:  # a sliding layer (left alone) or a layer not run
-                full_bytes += layer_bytes(layer)
-                continue
-            prompt_len = captured.prompt_len
-            keys = layer.keys  # (1, Hkv, L, D), post-RoPE keys
-            if keys.shape[-2] != captured.prompt_len:
-                raise RuntimeError(
-                    f"layer {info.index}: cache holds {keys.shape[-2]} rows but prefill saw {captured.prompt_len} tokens; "
-                    "compaction must happen right after a single prefill forward on an empty cache"
-                )
-            full_bytes += layer_bytes(layer)
-            if captured.hidden is None:  # a full layer (Appendix B): the cache stays as it is
-                decisions.append(self._full_layer_decision(info, keys))
-                continue
-            queries = hf_adapter.observation_queries(info, captured.hidden, (captured.cos, captured.sin))
-            k32 = keys[0].float()
-            if self.backend.name == "numpy":
-                queries, k32 = queries.cpu().numpy(), k32.cpu().numpy()
-            decision = self.policy.decide_layer(queries, k32, scale=info.scale, backend=self.backend, layer=info.index)
-            decisions.append(decision)
-            cache.layers[info.index] = _compacted(layer, decision)
-            compacted = True
-        self._captured.clear()
-        # Layers now hold different row counts: each needs its own mask. Without a compacted layer (every
-        # layer full or sliding, e.g. Mistral with sliding_window set) the model's own masks stay right.
-        if compacted:
-            self._use_fitted_attention()
-        self.stats = CompressionStats(
-            prompt_tokens=prompt_len,
-            kept_per_layer=[layer_rows(layer) for layer in cache.layers],
-            kv_bytes_full=full_bytes,
-            kv_bytes_kept=sum(layer_bytes(layer) for layer in cache.layers),
-            decide_s=time.perf_counter() - start,
-        )
-        self.trace = Trace(layers=decisions, meta=self._meta())
+        adapter.cache = cache
+        if not adapter.prompt_len:
+            adapter.prompt_len = cache.get_seq_length()
+        compaction = decide_and_compact(adapter, self.policy, self.layers, adapter.prompt_len, self.backend)
+        adapter.captured.clear()
+        adapter.pending = False
+        self.stats = CompressionStats(**compaction.stats(adapter.prompt_len))
+        meta = trace_meta(adapter, self.policy, self.backend, self.layers) | {"prompt_tokens": adapter.prompt_len}
+        self.trace = Trace(layers=compaction.decisions, meta=meta)
         return self.trace
-
-    def _full_layer_decision(self, info: hf_adapter.AttentionLayerInfo, keys: torch.Tensor) -> LayerDecision:
-        """The policy's decision for a full layer (everything kept), without reading the layer's tensors.
-
-        ``decide_layer`` returns at once for a layer in ``full_layers``, before any attention is computed;
-        it only reads the shapes (``Hq``, ``Hkv``, ``L``). So it gets one-dimensional stand-ins instead of
-        the real queries and keys: no float32 copy and no scan of a large cache for a layer left whole.
-        """
-        _, num_kv_heads, length, _ = keys.shape
-        rows = min(max(1, int(self.policy.query_rows)), length)
-        stand_in_q = np.zeros((info.num_heads, rows, 1), np.float32)
-        stand_in_k = np.zeros((num_kv_heads, length, 1), np.float32)
-        decision = self.policy.decide_layer(stand_in_q, stand_in_k, backend="numpy", layer=info.index)
-        assert decision.full_layer, "a layer the policy does not prune must get a full-layer decision"
-        return decision
-
-    def _use_fitted_attention(self) -> None:
-        config = self.model.config
-        if self._saved_attention is None:
-            self._saved_attention = config._attn_implementation
-        config._attn_implementation = fitted_attention_name(self.base_attention)
-
-    def _meta(self) -> dict[str, Any]:
-        config = hf_adapter.text_config(self.model)
-        return {
-            "model_type": hf_adapter.model_type(self.model),
-            "model": getattr(config, "_name_or_path", "") or "",
-            "policy": repr(self.policy),
-            "backend": self.backend.name,
-            "num_layers": len(self.layers),
-            "sliding_layers": [info.index for info in self.layers if info.is_sliding],
-        }
-
-
-def shared_positions(kept: np.ndarray) -> np.ndarray | None:
-    """The kept positions ``(n_kept,)`` when every head keeps the same ones (always with recency), else ``None``."""
-    kept = np.asarray(kept)
-    return kept[0] if bool((kept == kept[:1]).all()) else None
-
-
-def select_rows(tensor: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
-    """``(1, Hkv, L, D) -> (1, Hkv, n_kept, D)``: the same rows for every head, one ``index_select`` on the row axis."""
-    index = torch.as_tensor(positions, dtype=torch.long, device=tensor.device)
-    return tensor.index_select(2, index)
-
-
-def gather_rows(tensor: torch.Tensor, kept: np.ndarray) -> torch.Tensor:
-    """``(1, Hkv, L, D) -> (1, Hkv, n_kept, D)``: head ``h`` keeps rows ``kept[h]`` (one gather, per-head indices)."""
-    batch, num_kv_heads, _, head_dim = tensor.shape
-    index = torch.as_tensor(kept, dtype=torch.long, device=tensor.device)[None, :, :, None]
-    return tensor.gather(2, index.expand(batch, num_kv_heads, kept.shape[1], head_dim))
-
-
-def _compacted(layer: Any, decision: LayerDecision) -> PrunedLayer:
-    """Keep the decided rows of one layer: ``(1, Hkv, L, D) -> (1, Hkv, n_kept, D)``; every head keeps the same count."""
-    keys, values = layer.keys, layer.values
-    batch, num_kv_heads, length, head_dim = keys.shape
-    kept = np.asarray(decision.kept)
-    if kept.shape[0] != num_kv_heads:
-        raise ValueError(f"decision has {kept.shape[0]} kept sets but the cache has {num_kv_heads} KV heads")
-    positions = shared_positions(kept)
-    if positions is not None:  # one kept set for all heads: a plain row selection, no per-head index tensor
-        new_keys, new_values = select_rows(keys, positions), select_rows(values, positions)
-    else:
-        new_keys, new_values = gather_rows(keys, kept), gather_rows(values, kept)
-    assert new_keys.shape == (batch, num_kv_heads, kept.shape[1], head_dim), new_keys.shape
-    assert new_values.shape == new_keys.shape
-    return PrunedLayer(new_keys.contiguous(), new_values.contiguous(), logical_length=length)
 
 
 def compress(model: Any, policy: Any, backend: str | Backend | None = None) -> Compressor:

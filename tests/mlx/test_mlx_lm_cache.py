@@ -1,4 +1,4 @@
-"""CompressedKVCache on its own: compaction, logical offset vs physical rows, masks, bytes, (de)serialisation.
+"""CompactedKVCache on its own: compaction, logical offset vs physical rows, masks, bytes, (de)serialisation.
 
 No model here: keys/values are random arrays, and every expectation is computed by hand
 (numpy gathers, brute-force attention).
@@ -14,7 +14,7 @@ pytest.importorskip("mlx_lm", reason="mlx-lm is not installed (pip install 'refr
 
 import mlx_lm.models.cache as mlx_cache  # noqa: E402
 from mlx_lm.models.cache import KVCache, save_prompt_cache  # noqa: E402
-from refreekv_mlx.cache import CompressedKVCache, load_prompt_cache, register_with_mlx_lm  # noqa: E402
+from refreekv_mlx.cache import CompactedKVCache, load_prompt_cache, register_with_mlx_lm  # noqa: E402
 
 HKV, L, D = 2, 12, 4
 
@@ -27,9 +27,9 @@ def _prompt(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 KEPT = np.array([[0, 3, 5, 9, 10, 11], [1, 2, 7, 9, 10, 11]])  # (Hkv, 6): different positions per head
 
 
-def _compressed(seed: int = 0) -> tuple[CompressedKVCache, np.ndarray, np.ndarray]:
+def _compressed(seed: int = 0) -> tuple[CompactedKVCache, np.ndarray, np.ndarray]:
     k, v = _prompt(seed)
-    return CompressedKVCache.from_kept(mx.array(k), mx.array(v), KEPT), k, v
+    return CompactedKVCache.from_kept(mx.array(k), mx.array(v), KEPT), k, v
 
 
 def test_from_kept_gathers_the_kept_rows_of_each_head():
@@ -47,14 +47,14 @@ def test_one_kept_set_for_all_heads_is_one_slice_at_kv_heads():
     k, v = _prompt(4)
     shared = np.array([0, 1, 2, 3, 8, 9, 10, 11])
     kept = np.tile(shared, (HKV, 1))
-    cache = CompressedKVCache.from_kept(mx.array(k), mx.array(v), kept)
+    cache = CompactedKVCache.from_kept(mx.array(k), mx.array(v), kept)
     assert cache.keys.shape == (1, HKV, shared.size, D) and cache.rows == shared.size and cache.offset == L
     np.testing.assert_array_equal(np.array(cache.keys), k[:, :, shared])
     np.testing.assert_array_equal(np.array(cache.values), v[:, :, shared])
     np.testing.assert_array_equal(np.array(cache.valid_positions), kept)
     assert cache.nbytes == 2 * HKV * shared.size * D * 4
     # A single KV head: the same slice.
-    single = CompressedKVCache.from_kept(mx.array(k[:, :1]), mx.array(v[:, :1]), shared[None])
+    single = CompactedKVCache.from_kept(mx.array(k[:, :1]), mx.array(v[:, :1]), shared[None])
     np.testing.assert_array_equal(np.array(single.keys), k[:, :1, shared])
 
 
@@ -64,7 +64,7 @@ def test_nbytes_counts_kept_rows_of_kv_heads_only():
     full = KVCache()
     k, v = _prompt()
     full.update_and_fetch(mx.array(k), mx.array(v))
-    compacted = CompressedKVCache.from_kv_cache(full, KEPT)
+    compacted = CompactedKVCache.from_kv_cache(full, KEPT)
     assert compacted.nbytes == cache.nbytes < full.nbytes
 
 
@@ -83,9 +83,9 @@ def test_update_keeps_logical_offset_apart_from_rows():
 
 def test_buffer_grows_past_the_step_and_keeps_old_rows():
     cache, k, _ = _compressed()
-    chunk = mx.ones((1, HKV, CompressedKVCache.step + 5, D))
+    chunk = mx.ones((1, HKV, CompactedKVCache.step + 5, D))
     keys, _ = cache.update_and_fetch(chunk, chunk)
-    assert cache.rows == KEPT.shape[1] + CompressedKVCache.step + 5
+    assert cache.rows == KEPT.shape[1] + CompactedKVCache.step + 5
     np.testing.assert_array_equal(np.array(keys[0, 0, : KEPT.shape[1]]), k[0, 0, KEPT[0]])
 
 
@@ -122,16 +122,16 @@ def test_causal_string_mask_is_bottom_right_aligned_in_mlx_attention():
 def test_bad_kept_shapes_raise_clear_errors():
     k, v = _prompt()
     with pytest.raises(ValueError, match="gqa='group'"):
-        CompressedKVCache.from_kept(mx.array(k), mx.array(v), np.zeros((4, 3), np.int64))
+        CompactedKVCache.from_kept(mx.array(k), mx.array(v), np.zeros((4, 3), np.int64))
     with pytest.raises(ValueError, match=r"lie in \[0, 12\)"):
-        CompressedKVCache.from_kept(mx.array(k), mx.array(v), np.full((HKV, 2), 12))
+        CompactedKVCache.from_kept(mx.array(k), mx.array(v), np.full((HKV, 2), 12))
     with pytest.raises(ValueError, match="batch > 1"):
-        CompressedKVCache.from_kept(mx.array(np.concatenate([k, k])), mx.array(np.concatenate([v, v])), KEPT)
+        CompactedKVCache.from_kept(mx.array(np.concatenate([k, k])), mx.array(np.concatenate([v, v])), KEPT)
     with pytest.raises(RuntimeError, match="from_kept"):
-        CompressedKVCache().update_and_fetch(mx.ones((1, 1, 1, D)), mx.ones((1, 1, 1, D)))
+        CompactedKVCache().update_and_fetch(mx.ones((1, 1, 1, D)), mx.ones((1, 1, 1, D)))
 
 
-def _assert_same_cache(a: CompressedKVCache, b: CompressedKVCache) -> None:
+def _assert_same_cache(a: CompactedKVCache, b: CompactedKVCache) -> None:
     assert (a.offset, a.rows) == (b.offset, b.rows)
     np.testing.assert_array_equal(np.array(a.valid_keys), np.array(b.valid_keys))
     np.testing.assert_array_equal(np.array(a.valid_values), np.array(b.valid_values))
@@ -147,7 +147,7 @@ def test_save_and_load_prompt_cache_round_trip(tmp_path):
     save_prompt_cache(path, [cache, full], metadata={"model": "tiny"})
     loaded, meta = load_prompt_cache(path, return_metadata=True)
     assert meta == {"model": "tiny"}
-    assert isinstance(loaded[0], CompressedKVCache) and isinstance(loaded[1], KVCache)
+    assert isinstance(loaded[0], CompactedKVCache) and isinstance(loaded[1], KVCache)
     _assert_same_cache(loaded[0], cache)
     # The loaded cache keeps working: appending continues at the logical offset.
     loaded[0].update_and_fetch(mx.zeros((1, HKV, 1, D)), mx.zeros((1, HKV, 1, D)))
@@ -159,10 +159,12 @@ def test_mlx_lm_loader_needs_explicit_registration(tmp_path, monkeypatch):
     path = str(tmp_path / "cache.safetensors")
     save_prompt_cache(path, [cache])
     # Nothing is registered on import ...
+    monkeypatch.delattr(mlx_cache, "CompactedKVCache", raising=False)
     monkeypatch.delattr(mlx_cache, "CompressedKVCache", raising=False)
     with pytest.raises(KeyError):
         mlx_cache.load_prompt_cache(path)
     # ... register_with_mlx_lm() makes mlx-lm's own loader work (monkeypatch undoes it after the test).
+    monkeypatch.setattr(mlx_cache, "CompactedKVCache", None, raising=False)
     monkeypatch.setattr(mlx_cache, "CompressedKVCache", None, raising=False)
     register_with_mlx_lm()
     _assert_same_cache(mlx_cache.load_prompt_cache(path)[0], cache)

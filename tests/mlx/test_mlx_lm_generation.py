@@ -32,7 +32,7 @@ from mlx_lm.generate import generate_step  # noqa: E402
 from mlx_lm.models import gemma3, gemma3_text, llama, qwen2, qwen3  # noqa: E402
 from mlx_lm.models.cache import KVCache, make_prompt_cache  # noqa: E402
 from refreekv_mlx.adapter import SUPPORTED_FAMILIES, attention_layers, model_family, split_head  # noqa: E402
-from refreekv_mlx.cache import CompressedKVCache  # noqa: E402
+from refreekv_mlx.cache import CompactedKVCache  # noqa: E402
 from refreekv_mlx.generation import compress_prompt, decode, generate  # noqa: E402
 from refreekv_mlx.prefill import prefill  # noqa: E402
 
@@ -132,7 +132,8 @@ def test_no_pruning_is_token_identical_to_mlx_lm(family):
         compressed = compress_prompt(model, tokens, policy, chunk_size=16)
         got, _ = decode(model, compressed.cache, compressed.last_logits, 16)
         assert got == expected, f"{family} {policy}"
-        assert compressed.kept_per_layer == [PROMPT_LEN] * len(compressed.kept_per_layer)
+        global_layers = [a.index for a in attention_layers(model) if a.compressible]
+        assert [compressed.kept_per_layer[i] for i in global_layers] == [PROMPT_LEN] * len(global_layers)
         assert compressed.kv_bytes_kept == compressed.kv_bytes_full
 
 
@@ -235,7 +236,7 @@ def test_every_preset_runs_and_pruning_equals_masking(family, policy):
         cache, full = compressed.cache[a.index], reference.cache[a.index]
         if not a.compressible or a.index in policy.full_layers:
             # Sliding-window and full layers: the model's own cache, untouched (same class, offset, contents).
-            assert type(cache) is type(full) and not isinstance(cache, CompressedKVCache)
+            assert type(cache) is type(full) and not isinstance(cache, CompactedKVCache)
             assert cache.offset == full.offset == PROMPT_LEN
             np.testing.assert_array_equal(np.array(cache.keys), np.array(full.keys))
             np.testing.assert_array_equal(np.array(cache.values), np.array(full.values))
@@ -243,26 +244,26 @@ def test_every_preset_runs_and_pruning_equals_masking(family, policy):
                            if a.compressible else cache.nbytes)  # fmt: skip
             continue
         dec = next(d for d in compressed.decisions if d.layer == a.index)
-        assert isinstance(cache, CompressedKVCache) and cache.offset == PROMPT_LEN
-        assert dec.kept.shape == (a.n_kv_heads, dec.n_kept) and cache.rows == dec.n_kept
-        assert cache.keys.shape == (1, a.n_kv_heads, dec.n_kept, a.head_dim)
-        assert cache.nbytes == 2 * a.n_kv_heads * dec.n_kept * a.head_dim * 4
+        assert isinstance(cache, CompactedKVCache) and cache.offset == PROMPT_LEN
+        assert dec.kept.shape == (a.num_kv_heads, dec.n_kept) and cache.rows == dec.n_kept
+        assert cache.keys.shape == (1, a.num_kv_heads, dec.n_kept, a.head_dim)
+        assert cache.nbytes == 2 * a.num_kv_heads * dec.n_kept * a.head_dim * 4
         np.testing.assert_array_equal(np.array(cache.valid_positions), dec.kept)
         if policy.ranking == "recency":  # one kept set for every KV head
             assert (dec.kept == dec.kept[:1]).all()
         full_keys = np.array(full.keys[0, :, :PROMPT_LEN])
         full_values = np.array(full.values[0, :, :PROMPT_LEN])
-        for h in range(a.n_kv_heads):
+        for h in range(a.num_kv_heads):
             np.testing.assert_array_equal(np.array(cache.keys[0, h]), full_keys[h, dec.kept[h]])
             np.testing.assert_array_equal(np.array(cache.values[0, h]), full_values[h, dec.kept[h]])
         kept_bytes += cache.nbytes
 
     # Stats: full layers count at 100%.
     decided = {d.layer: d for d in compressed.decisions}
-    assert compressed.kept_per_layer == [decided[i].n_kept for i in global_layers]
+    assert [compressed.kept_per_layer[i] for i in global_layers] == [decided[i].n_kept for i in global_layers]
     for i in policy.full_layers:
         if i in decided:
-            assert compressed.kept_per_layer[global_layers.index(i)] == PROMPT_LEN and decided[i].budget == 1.0
+            assert compressed.kept_per_layer[i] == PROMPT_LEN and decided[i].budget == 1.0
     assert compressed.kv_bytes_kept == kept_bytes
 
     # Decoding through the compacted caches == the full cache with the evicted keys masked.
@@ -309,19 +310,19 @@ def test_compacted_cache_holds_kept_rows_of_kv_heads(family):
     for a in layers:
         cache = compressed.cache[a.index]
         if not a.compressible:  # gemma3 sliding layer: its rotating cache is left alone
-            assert not isinstance(cache, CompressedKVCache)
+            assert not isinstance(cache, CompactedKVCache)
             continue
         dec = decisions[a.index]
         n_kept = dec.kept.shape[1]
         assert n_kept == int(np.ceil(0.5 * PROMPT_LEN))
-        assert cache.keys.shape == (1, a.n_kv_heads, n_kept, a.head_dim)
-        assert cache.nbytes == 2 * a.n_kv_heads * n_kept * a.head_dim * 4
+        assert cache.keys.shape == (1, a.num_kv_heads, n_kept, a.head_dim)
+        assert cache.nbytes == 2 * a.num_kv_heads * n_kept * a.head_dim * 4
         np.testing.assert_array_equal(np.array(cache.valid_positions), dec.kept)
-        for h in range(a.n_kv_heads):
+        for h in range(a.num_kv_heads):
             np.testing.assert_allclose(
                 np.array(cache.keys[0, h]), full_keys[a.index][h, dec.kept[h]], rtol=1e-5, atol=1e-6
             )
-    full_layer_bytes = 2 * layers[-1].n_kv_heads * PROMPT_LEN * layers[-1].head_dim * 4
+    full_layer_bytes = 2 * layers[-1].num_kv_heads * PROMPT_LEN * layers[-1].head_dim * 4
     n_full = sum(a.compressible for a in layers)
     assert compressed.kv_bytes_full - compressed.kv_bytes_kept == n_full * full_layer_bytes // 2
 
@@ -348,7 +349,7 @@ def test_window_queries_reproduce_the_models_attention(family, window):
     layers = attention_layers(model)
     pre = prefill(model, tokens, query_rows=window, chunk_size=7)  # chunks shorter than the window
     assert pre.query_rows == window
-    assert all(x.shape[1] == window for x in pre.window_inputs.values())
+    assert all(x.shape[1] == window for x in pre.query_inputs.values())
     for a in layers:
         model.layers[a.index].self_attn = Recorder(a.attn, a.index)
     try:
@@ -360,10 +361,10 @@ def test_window_queries_reproduce_the_models_attention(family, window):
         if not a.compressible:
             continue
         q = pre.queries(a.index)  # (Hq, w, D)
-        assert q.shape == (a.n_heads, window, a.head_dim)
+        assert q.shape == (a.num_heads, window, a.head_dim)
         keys = pre.keys(a.index)
         values = pre.cache[a.index].values[0, :, :PROMPT_LEN, :]
-        groups = a.n_heads // a.n_kv_heads
+        groups = a.num_heads // a.num_kv_heads
         k = np.repeat(np.array(keys), groups, axis=0)
         v = np.repeat(np.array(values), groups, axis=0)
         logits = a.scale * np.array(q) @ k.transpose(0, 2, 1)
@@ -485,7 +486,7 @@ def test_bad_prompts_raise():
     # query_rows = 0 would record x[:, -0:], i.e. the whole prompt: refused.
     with pytest.raises(ValueError, match="query_rows must be an int >= 1"):
         prefill(model, [1, 2, 3], query_rows=0)
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         generate(model, TinyTokenizer(), [1, 2, 3], rk.FullCache(), temperature=-1.0)
     with pytest.raises(ValueError, match="top_p must lie in"):
         generate(model, TinyTokenizer(), [1, 2, 3], rk.FullCache(), temperature=1.0, top_p=0.0)
@@ -529,9 +530,54 @@ def test_compacted_cache_plugs_into_mlx_lm_generate_step(policy, layers):
     model = tiny_model("qwen3", layers=layers)
     tokens = prompt_tokens()
     ours = compress_prompt(model, tokens, policy)
-    assert any(isinstance(c, CompressedKVCache) for c in ours.cache)
+    assert any(isinstance(c, CompactedKVCache) for c in ours.cache)
     got, _ = decode(model, ours.cache, ours.last_logits, 8)
     theirs = compress_prompt(model, tokens, policy)
     first = int(mx.argmax(theirs.last_logits).item())
     continued = [t for t, _ in generate_step(mx.array([first]), model, max_tokens=7, prompt_cache=theirs.cache)]
     assert [first, *continued] == got
+
+
+# ------------------------------------------------------------------------------ bad input (issue 14)
+def test_bad_ids_and_overlong_prompts_are_refused_before_the_forward_pass(monkeypatch):
+    """An id >= the vocabulary used to generate (== vocab) or crash the process (10**7, dequantized); now both are
+    refused, like negative ids and prompts longer than the model's context, before any forward pass."""
+    import refreekv_mlx.generation as mlx_generation
+
+    model = tiny_model("llama")
+    model.args.max_position_embeddings = 8192  # the bundled model's context
+    monkeypatch.setattr(mlx_generation, "prefill", lambda *a, **k: pytest.fail("a bad input reached the prefill"))
+    cases = [
+        ([VOCAB, 5], f"token id {VOCAB} is out of range: the model's vocabulary has {VOCAB} tokens"),
+        ([10**7, 5], "token id 10000000 is out of range"),
+        ([-1, 5], ">= 0"),
+        ([1] * 9000, "the prompt has 9000 tokens but the model's context is 8192 tokens"),
+        ([1] * 100_000, "the prompt has 100000 tokens but the model's context is 8192 tokens"),
+    ]
+    for prompt, match in cases:
+        with pytest.raises(ValueError, match=match):
+            rk.generate(model, TinyTokenizer(), prompt, max_new_tokens=2)
+        with pytest.raises(ValueError, match=match):
+            generate(model, TinyTokenizer(), prompt, rk.ReFreeKV(), max_new_tokens=2)
+        with pytest.raises(ValueError, match=match):
+            compress_prompt(model, prompt, rk.ReFreeKV())
+    for prompt, kwargs, match in [
+        ([{"role": "user"}], {}, "'role' and 'content'"),
+        ("", {"chat_template": False}, "prompt is empty"),
+        ([1, 2, 3], {"temperature": float("nan")}, "temperature must be a finite number"),
+        ([1, 2, 3], {"temperature": "0.5"}, "temperature must be a finite number"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            generate(model, TinyTokenizer(), prompt, rk.ReFreeKV(), max_new_tokens=2, **kwargs)
+
+
+def test_one_trace_meta_and_stats_schema():
+    from refreekv_edu.integration import TRACE_META_KEYS
+
+    model = tiny_model("gemma3_text", layers=4)
+    out = generate(model, TinyTokenizer(), prompt_tokens(), official(threshold=0.3), max_new_tokens=2)
+    assert set(out.trace.meta) == set(TRACE_META_KEYS)
+    assert out.trace.meta["backend"] == "mlx" and out.trace.meta["model_type"] == "gemma3_text"
+    assert out.trace.meta["sliding_layers"] == [0, 2] and out.trace.meta["num_layers"] == 4
+    assert len(out.stats["kept_per_layer"]) == 4  # every layer, by index (sliding ones hold their window)
+    assert [out.stats["kept_per_layer"][d.layer] for d in out.trace.layers] == [d.n_kept for d in out.trace.layers]

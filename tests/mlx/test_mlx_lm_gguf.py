@@ -121,3 +121,9 @@ def test_bundled_model_structure_and_answer(bundled_path):
         model, tokenizer, "What is the capital of France? Answer in one word.", policy=rk.FullCache(), max_new_tokens=8
     )
     assert "Paris" in out.text
+    # Bad ids and overlong prompts are refused before the forward pass (an id of 10**7 used to crash the process).
+    vocab = model.model.embed_tokens.weight.shape[0]
+    for prompt, match in (([10**7, 5], "vocabulary has"), ([vocab, 5], f"token id {vocab} is out of range"),
+                          ([1] * 9000, "9000 tokens but the model's context is 8192 tokens")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            rk.generate(model, tokenizer, prompt, max_new_tokens=2)

@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from refreekv_torch import generation, hf_adapter, hf_compress  # noqa: E402
+from refreekv_torch import generation, hf_adapter, hf_cache, hf_compress  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     DynamicCache,
@@ -36,6 +36,7 @@ from transformers import (  # noqa: E402
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 
 import refreekv_edu as rk  # noqa: E402
+from refreekv_edu.integration import shared_positions  # noqa: E402
 from refreekv_edu.policies import PRESETS  # noqa: E402
 
 PROMPT_LEN = 48
@@ -154,7 +155,7 @@ def _pruned_masked_and_full_runs(model, policy, ids, follow) -> dict:
         with press:
             cache = DynamicCache(config=model.config)
             model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
-            captured_rows = {i: (c.hidden.shape[1] if c.hidden is not None else 0) for i, c in press._captured.items()}
+            captured_rows = {i: c.hidden.shape[1] for i, c in press.adapter.captured.items()}
             before = [(layer, layer.keys, layer.values) for layer in cache.layers]
             trace = press.compact(cache)
             after = [(layer, layer.keys, layer.values) for layer in cache.layers]  # before decoding appends
@@ -198,24 +199,24 @@ def test_cache_tensors_have_kept_sizes(family):
             trace = press.compact(cache)
 
     decided = {d.layer: d for d in trace.layers}
-    assert set(decided) == {i.index for i in info if not i.is_sliding}
+    assert set(decided) == {i.index for i in info if i.compressible}
     expected_bytes = 0
     for layer_info in info:
         layer = cache.layers[layer_info.index]
-        if layer_info.is_sliding:  # untouched: same tensors as a plain prefill
-            assert not isinstance(layer, hf_compress.PrunedLayer)
+        if not layer_info.compressible:  # untouched: same tensors as a plain prefill
+            assert not isinstance(layer, hf_cache.CompactedKVCache)
             torch.testing.assert_close(layer.keys, full.layers[layer_info.index].keys, rtol=0, atol=0)
-            expected_bytes += hf_compress.layer_bytes(layer)
+            expected_bytes += hf_cache.layer_bytes(layer)
             continue
         d = decided[layer_info.index]
         hkv, dim = layer_info.num_kv_heads, layer_info.head_dim
         assert d.kept.shape == (hkv, d.n_kept)  # gqa="group": one kept set per KV head
         assert d.n_kept == int(np.ceil(0.5 * len(ids)))
-        assert isinstance(layer, hf_compress.PrunedLayer)
+        assert isinstance(layer, hf_cache.CompactedKVCache)
         assert tuple(layer.keys.shape) == (1, hkv, d.n_kept, dim)
         assert tuple(layer.values.shape) == (1, hkv, d.n_kept, dim)
-        assert hf_compress.layer_bytes(layer) == 2 * hkv * d.n_kept * dim * 4  # float32, Hkv heads only
-        expected_bytes += hf_compress.layer_bytes(layer)
+        assert hf_cache.layer_bytes(layer) == 2 * hkv * d.n_kept * dim * 4  # float32, Hkv heads only
+        expected_bytes += hf_cache.layer_bytes(layer)
         # the kept rows are the original rows, head by head
         original = full.layers[layer_info.index]
         for h in range(hkv):
@@ -224,7 +225,7 @@ def test_cache_tensors_have_kept_sizes(family):
             torch.testing.assert_close(layer.values[0, h], original.values[0, h, rows], rtol=0, atol=0)
     assert press.stats.kv_bytes_kept == expected_bytes
     assert press.stats.kv_bytes_kept < press.stats.kv_bytes_full
-    assert press.stats.kept_per_layer == [hf_compress.layer_rows(layer) for layer in cache.layers]
+    assert press.stats.kept_per_layer == [hf_cache.layer_rows(layer) for layer in cache.layers]
 
 
 def test_positions_continue_at_prompt_length():
@@ -293,7 +294,11 @@ def test_sampling_is_seeded():
 # -------------------------------------------------------------------------------- errors
 def test_expand_mode_refuses_gqa_cache_but_works_without_gqa():
     with pytest.raises(ValueError, match="gqa='group'"):
-        hf_compress.Compressor(tiny_model("llama"), rk.ReFreeKV(gqa="expand"))
+        hf_compress.Compressor(tiny_model("llama", layers=3), rk.ReFreeKV(gqa="expand"))  # layer 2 is pruned
+    with pytest.raises(ValueError, match="gqa='group'"):
+        hf_compress.Compressor(tiny_model("llama"), rk.ReFreeKV.preset("official-script", gqa="expand"))
+    # The paper never prunes layers 0-1: on a 2-layer model there is nothing to compact, so nothing to refuse.
+    hf_compress.Compressor(tiny_model("llama"), rk.ReFreeKV(gqa="expand"))
     model = tiny_model("llama", heads=4, kv_heads=4)  # MHA: one KV head per query head
     result = generation.generate(model, None, prompt_ids(), rk.FixedBudget(budget=0.5, gqa="expand"), max_new_tokens=2)
     assert result.trace.layers[0].kept.shape == (4, PROMPT_LEN // 2)
@@ -362,9 +367,9 @@ PRESET_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 def _layer_kinds(model, policy) -> dict[str, list[int]]:
     info = hf_adapter.attention_layers(model)
     return {
-        "sliding": [i.index for i in info if i.is_sliding],
-        "full": [i.index for i in info if not i.is_sliding and not policy.prunes_layer(i.index)],
-        "pruned": [i.index for i in info if not i.is_sliding and policy.prunes_layer(i.index)],
+        "sliding": [i.index for i in info if not i.compressible],
+        "full": [i.index for i in info if i.compressible and not policy.prunes_layer(i.index)],
+        "pruned": [i.index for i in info if i.compressible and policy.prunes_layer(i.index)],
     }
 
 
@@ -389,12 +394,12 @@ def test_every_preset_on_every_family(family, preset):
 
     # capture: exactly policy.query_rows query rows per pruned layer (1 for recency, never the whole prompt),
     # nothing for a full layer
-    expected_rows = {i: policy.query_rows for i in kinds["pruned"]} | dict.fromkeys(kinds["full"], 0)
+    expected_rows = {i: policy.query_rows for i in kinds["pruned"]}
     assert run["captured_rows"] == expected_rows
 
     for index in kinds["full"] + kinds["sliding"]:  # untouched: the same layer object, the same tensors
         (layer, keys, values), (original, original_keys, original_values) = run["after"][index], run["before"][index]
-        assert layer is original and not isinstance(layer, hf_compress.PrunedLayer)
+        assert layer is original and not isinstance(layer, hf_cache.CompactedKVCache)
         assert keys is original_keys and values is original_values  # no copy
         torch.testing.assert_close(keys, prefill.layers[index].keys, rtol=0, atol=0)
         torch.testing.assert_close(values, prefill.layers[index].values, rtol=0, atol=0)
@@ -406,7 +411,7 @@ def test_every_preset_on_every_family(family, preset):
         assert press.stats.kept_per_layer[index] == len(ids)  # counted at 100%
     for index in kinds["pruned"]:  # exactly the kept rows, head by head, in position order
         d, (layer, keys, values) = decided[index], run["after"][index]
-        assert isinstance(layer, hf_compress.PrunedLayer) and not d.full_layer
+        assert isinstance(layer, hf_cache.CompactedKVCache) and not d.full_layer
         assert layer.prompt_rows == d.n_kept and keys.shape[-2] == values.shape[-2] == d.n_kept
         assert press.stats.kept_per_layer[index] == d.n_kept
         original = prefill.layers[index]
@@ -465,18 +470,18 @@ def test_single_slice_equals_per_head_gather(monkeypatch):
     keys = torch.randn(1, 3, 40, 16)
     positions = np.array([0, 1, 2, 3, *range(25, 40)])
     kept = np.stack([positions] * 3)
-    assert hf_compress.shared_positions(kept) is not None
+    assert shared_positions(kept) is not None
     torch.testing.assert_close(
-        hf_compress.select_rows(keys, positions), hf_compress.gather_rows(keys, kept), rtol=0, atol=0
+        hf_cache.select_rows(keys, positions), hf_cache.gather_rows(keys, kept), rtol=0, atol=0
     )
     per_head = np.stack([positions, positions, np.array([0, 1, 2, 4, *range(25, 40)])])
-    assert hf_compress.shared_positions(per_head) is None
+    assert shared_positions(per_head) is None
 
     # In a real compaction: the paper's decisions take the single-slice path, H2O's per-head ones the gather.
     calls = []
     for name in ("select_rows", "gather_rows"):
-        original = getattr(hf_compress, name)
-        monkeypatch.setattr(hf_compress, name, lambda *a, _name=name, _f=original: calls.append(_name) or _f(*a))
+        original = getattr(hf_cache, name)
+        monkeypatch.setattr(hf_cache, name, lambda *a, _name=name, _f=original: calls.append(_name) or _f(*a))
     model = tiny_model("qwen2", layers=3)
     ids = prompt_ids()
     for preset, path in (("paper", "select_rows"), ("h2o-ranking", "gather_rows")):
@@ -487,3 +492,76 @@ def test_single_slice_equals_per_head_gather(monkeypatch):
             model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
             press.compact(cache)
         assert calls == [path, path], (preset, calls)  # keys and values of layer 2
+
+
+# -------------------------------------------------------------------------------- bad input (issue 14)
+def _forward_counter(model) -> list[int]:
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def test_bad_ids_and_overlong_prompts_are_refused_before_the_forward_pass():
+    model = tiny_model("llama")  # vocabulary 128
+    model.config.max_position_embeddings = 8192  # the bundled model's context
+    calls = _forward_counter(model)
+    cases = [
+        ([128, 5], "token id 128 is out of range: the model's vocabulary has 128 tokens"),
+        ([10**7, 5], "token id 10000000 is out of range"),
+        ([-3, 5], ">= 0"),
+        ([1] * 9000, "the prompt has 9000 tokens but the model's context is 8192 tokens"),
+        ([1] * 100_000, "the prompt has 100000 tokens but the model's context is 8192 tokens"),
+        ([1] * 8191, "plus max_new_tokens=2 exceed the model's context of 8192 tokens"),
+    ]
+    for prompt, match in cases:
+        with pytest.raises(ValueError, match=match):
+            rk.generate(model, None, prompt, max_new_tokens=2)
+        with pytest.raises(ValueError, match=match):  # the backend's own entry point checks too
+            generation.generate(model, None, prompt, rk.ReFreeKV(), max_new_tokens=2)
+    for prompt, kwargs, error, match in [
+        ([{"role": "user"}], {}, ValueError, "'role' and 'content'"),
+        ("", {"chat_template": False}, ValueError, "prompt is empty"),
+        ([1, 2, 3], {"temperature": float("nan")}, ValueError, "temperature must be a finite number"),
+        ([1, 2, 3], {"temperature": "0.5"}, ValueError, "temperature must be a finite number"),
+        ([1, 2, 3], {"temperature": 1.0, "top_p": 0.0}, ValueError, "top_p must lie in"),
+    ]:
+        with pytest.raises(error, match=match):
+            generation.generate(model, None, prompt, rk.ReFreeKV(), max_new_tokens=2, **kwargs)
+    assert calls == [], "a bad input reached the forward pass"
+    assert len(generation.generate(model, None, [127, 0], rk.ReFreeKV(), max_new_tokens=2).tokens) == 2
+
+
+def test_nested_compress_on_the_same_model_says_nested():
+    model = tiny_model("llama")
+    with hf_compress.compress(model, rk.ReFreeKV()):
+        with pytest.raises(ValueError, match="nested"), hf_compress.compress(model, rk.FixedBudget(budget=0.5)):
+            pass
+        with pytest.raises(ValueError, match="nested"):
+            rk.generate(model, None, prompt_ids(), policy=rk.FixedBudget(budget=0.5), max_new_tokens=1)
+    with hf_compress.compress(model, rk.FixedBudget(budget=0.5)):  # after the outer block: fine again
+        pass
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_a_static_cache_says_static_caches_are_not_supported():
+    from transformers import StaticCache
+
+    model = tiny_model("llama")
+    ids = torch.tensor([prompt_ids()])
+    with hf_compress.compress(model, rk.FixedBudget(budget=0.5)) as press:
+        with pytest.raises(ValueError, match="static caches are not supported"):
+            model.generate(ids, max_new_tokens=2, do_sample=False, cache_implementation="static")
+        with pytest.raises(ValueError, match="static caches are not supported"):
+            press.compact(StaticCache(config=model.config, max_cache_len=64))
+
+
+def test_the_compressor_uses_the_public_attention_api(monkeypatch):
+    """The attention switch goes through model.set_attn_implementation, and back on exit."""
+    model = tiny_model("llama", layers=3)
+    seen = []
+    original = type(model).set_attn_implementation
+    monkeypatch.setattr(
+        type(model), "set_attn_implementation", lambda self, impl, **kw: seen.append(impl) or original(self, impl, **kw)
+    )
+    generation.generate(model, None, prompt_ids(), rk.FixedBudget(budget=0.5), max_new_tokens=2)
+    assert seen == ["refreekv_sdpa", "sdpa"] and model.config._attn_implementation == "sdpa"

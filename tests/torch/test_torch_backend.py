@@ -178,13 +178,40 @@ def test_kernel_modes_and_errors(monkeypatch):
         TorchBackend(kernels="metal")
 
 
-def test_numpy_inputs_follow_the_last_tensor_device_or_the_fixed_device():
-    be = TorchBackend(kernels="torch", device="meta")
-    assert be.asarray(np.ones(2)).device.type == "meta"
-    assert be.asarray(torch.ones(2)).device.type == "meta"
-    follow = TorchBackend(kernels="torch")
-    follow.asarray(torch.ones(2, device="meta"))
-    assert follow.asarray([1.0]).device.type == "meta"
+def test_the_backend_holds_no_state_between_calls():
+    """The device is explicit (``device=``, ``on()``) or the inputs'; nothing seen in one call changes the next."""
+    fixed = TorchBackend(kernels="torch", device="meta")
+    assert fixed.asarray(np.ones(2)).device.type == "meta"
+    assert fixed.asarray(torch.ones(2)).device.type == "meta"
+    free = TorchBackend(kernels="auto")
+    state = dict(vars(free))
+    assert free.asarray(torch.ones(2, device="meta")).device.type == "meta"  # a tensor keeps its device
+    assert free.asarray([1.0]).device.type == "cpu"  # and is not remembered: numpy goes to the CPU
+    q, k = make_case("gqa")
+    for policy in (rk.ReFreeKV(), rk.ReFreeKV.preset("official-script"), rk.FixedBudget(budget=0.5, ranking="snapkv")):
+        policy.decide_layer(torch.from_numpy(q), torch.from_numpy(k), backend=free)
+    assert vars(free) == state
+    pinned = free.on("meta")
+    assert pinned.device.type == "meta" and pinned.kernels == free.kernels and free.device is None
+    assert pinned.on("meta") is pinned
+    # a helper index built from numpy (the recency order) goes where the data is
+    data = torch.zeros(2, 3, device="meta")
+    assert free.take_along_axis(data, free.asarray(np.zeros((2, 3)), "int64"), axis=1).device.type == "meta"
+
+
+def test_a_bad_kernels_variable_is_named_wherever_the_backend_is_made(monkeypatch):
+    from refreekv_edu import backend as registry
+
+    monkeypatch.setenv("REFREEKV_TORCH_KERNELS", "bogus")
+    monkeypatch.setattr(registry, "_cache", {})  # make the registry build its backends again
+    q, k = make_case("gqa")
+    for make in (
+        lambda: rk.get_backend("torch"),
+        lambda: rk.ReFreeKV().decide_layer(torch.from_numpy(q), torch.from_numpy(k), backend="auto"),
+        lambda: rk.generate(torch.nn.Linear(2, 2), None, [1, 2]),
+    ):
+        with pytest.raises(ValueError, match="REFREEKV_TORCH_KERNELS must be one of auto, triton, torch .*'bogus'"):
+            make()
 
 
 def test_registry_describe_and_model_ownership():

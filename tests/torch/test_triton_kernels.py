@@ -264,7 +264,7 @@ def test_auto_mode_picks_triton_only_when_it_can_run(monkeypatch):
     assert auto.kernel_path(torch.zeros(1))[0] == "torch"
 
 
-def test_auto_mode_falls_back_to_torch_ops_when_a_kernel_fails(monkeypatch):
+def test_auto_mode_falls_back_to_torch_ops_for_the_failing_call_only(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated compiler failure")
 
@@ -273,11 +273,11 @@ def test_auto_mode_falls_back_to_torch_ops_when_a_kernel_fails(monkeypatch):
     ref = rk.ReFreeKV().decide_layer(q, k)
     auto = TorchBackend(kernels="auto")
     assert auto.kernel_path(_dev(k))[0] == "triton"
-    with pytest.warns(RuntimeWarning, match="simulated compiler failure"):
-        got = rk.ReFreeKV().decide_layer(_dev(q), _dev(k), backend=auto)
-    np.testing.assert_array_equal(got.kept, ref.kept)
-    path, reason = auto.kernel_path(_dev(k))
-    assert path == "torch" and "simulated compiler failure" in reason
+    for _ in range(2):  # every call tries the kernel again, and says so when it falls back
+        with pytest.warns(RuntimeWarning, match="simulated compiler failure.*this call uses torch ops"):
+            got = rk.ReFreeKV().decide_layer(_dev(q), _dev(k), backend=auto)
+        np.testing.assert_array_equal(got.kept, ref.kept)
+        assert auto.kernel_path(_dev(k))[0] == "triton"  # nothing remembered: the backend holds no state
     with pytest.raises(RuntimeError, match="simulated"):  # an explicit kernels="triton" never hides failures
         rk.ReFreeKV().decide_layer(_dev(q), _dev(k), backend=TorchBackend(kernels="triton"))
 
