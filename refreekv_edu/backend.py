@@ -62,6 +62,14 @@ class Backend:
         """True when ``x`` is already this backend's array type (used by ``backend="auto"``)."""
         return False
 
+    def next_to(self, x: Array) -> Backend:
+        """This backend with the arrays it creates (e.g. from numpy) placed where ``x`` lives.
+
+        Single-device backends return ``self``; torch returns a copy pinned to ``x``'s device unless it
+        already has an explicit device. A decision calls it once, on the keys.
+        """
+        return self
+
     def all_finite(self, x: Array) -> bool:
         """True when ``x`` (any shape) holds no NaN or inf (used to reject bad input with a clear error)."""
         return bool(np.isfinite(self.to_numpy(x)).all())

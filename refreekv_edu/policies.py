@@ -198,6 +198,7 @@ class Policy:
         """
         be = backend_for_arrays(queries, keys) if backend == "auto" else get_backend(backend)
         queries, keys = self._validate(queries, keys, be, scale)
+        be = be.next_to(keys)  # arrays the pipeline creates (recency scores, ...) live where the keys live
         num_q_heads, _, head_dim = _shape_of(queries)
         num_kv_heads, length, _ = _shape_of(keys)
         groups = num_q_heads // num_kv_heads

@@ -91,6 +91,12 @@ class TorchBackend(Backend):
         self.kernels = mode
         self.device = torch.device(device) if device is not None else None
 
+    def next_to(self, x: Any) -> TorchBackend:
+        """See :meth:`refreekv_edu.backend.Backend.next_to`: pinned to ``x``'s device unless ``device`` was given."""
+        if self.device is not None or not isinstance(x, torch.Tensor):
+            return self
+        return self.on(x.device)
+
     def on(self, device: str | torch.device) -> TorchBackend:
         """This backend with numpy inputs going to ``device`` (``self`` when it already does): a new, equal backend."""
         device = torch.device(device)

@@ -258,3 +258,12 @@ def test_all_finite_finds_one_bad_value_anywhere(bad, dtype):
     x[1, 37, 5] = bad
     assert not BE.all_finite(x)
     assert BE.all_finite(torch.zeros(0)) and BE.all_finite(torch.arange(3))
+
+
+def test_next_to_pins_arrays_the_pipeline_creates_to_the_keys_device():
+    free = TorchBackend(kernels="torch")
+    pinned = free.next_to(torch.zeros(2, 3, device="meta"))
+    assert pinned is not free and pinned.device == torch.device("meta")
+    assert pinned.asarray(np.arange(3)).device == torch.device("meta")  # numpy goes where the keys are
+    explicit = TorchBackend(kernels="torch", device="cpu")
+    assert explicit.next_to(torch.zeros(1, device="meta")) is explicit  # an explicit device wins
