@@ -63,7 +63,7 @@ class Backend:
         return False
 
     def next_to(self, x: Array) -> Backend:
-        """This backend with the arrays it creates (e.g. from numpy) placed where ``x`` lives.
+        """This backend with the arrays it creates (e.g. from numpy) placed where ``x`` (any shape) lives.
 
         Single-device backends return ``self``; torch returns a copy pinned to ``x``'s device unless it
         already has an explicit device. A decision calls it once, on the keys.

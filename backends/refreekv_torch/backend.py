@@ -92,7 +92,7 @@ class TorchBackend(Backend):
         self.device = torch.device(device) if device is not None else None
 
     def next_to(self, x: Any) -> TorchBackend:
-        """See :meth:`refreekv_edu.backend.Backend.next_to`: pinned to ``x``'s device unless ``device`` was given."""
+        """See :meth:`refreekv_edu.backend.Backend.next_to`: pinned to ``x``'s (any shape) device unless ``device`` was given."""
         if self.device is not None or not isinstance(x, torch.Tensor):
             return self
         return self.on(x.device)
