@@ -2,7 +2,7 @@
 
 1. Correctness: the Triton kernels (``window_scores`` on both paths a decision takes: the paper's
    last row over all keys, ``r = 1, n_cols = L``, and the official script's window, ``r = 8,
-   n_cols = L - 8``; ``halting_curve``) and whole ``decide_layer`` calls of the ``"paper"`` and
+   n_cols = L - 8``; ``retained_norms``) and whole ``decide_layer`` calls of the ``"paper"`` and
    ``"official-script"`` presets on fresh random inputs, against the numpy reference.
 2. Timing (CUDA only): Triton kernels vs the torch-op path of the same backend, measured with CUDA
    events side by side in this run, at L = 4k / 16k / 64k with Hq = 32, Hkv = 8, D = 128
@@ -93,8 +93,8 @@ def check_one(device: str, hq: int, hkv: int, length: int, dim: int, exact: bool
     q, k = random_layer(hq, hkv, length, dim, seed=length)
     errors = {"paper": kernel_errors(q, k, device, 1, length), "official": kernel_errors(q, k, device, 8, length - 8)}
     a_sorted = np.sort(REF.window_scores(q, k, 1.0 / np.sqrt(dim), 8)[1], axis=1)
-    curve = triton_kernels.halting_curve(torch.from_numpy(a_sorted).to(device)).cpu().numpy()
-    ref_curve = REF.halting_curve(a_sorted)
+    curve = triton_kernels.retained_norms(torch.from_numpy(a_sorted).to(device)).cpu().numpy()
+    ref_curve = REF.retained_norms(a_sorted)
     err_curve = float(np.abs(curve - ref_curve).max() / max(ref_curve.max(), 1e-30))
 
     ok = True
@@ -171,7 +171,7 @@ def peak_extra_mib(fn, device: str) -> float:
 
 
 def time_length(length: int, hq: int, hkv: int, dim: int, device: str, repeats: int) -> None:
-    """Print the table rows (window_scores on both paths, halting_curve, both decisions) for one prompt length."""
+    """Print the table rows (window_scores on both paths, retained_norms, both decisions) for one prompt length."""
     paths = {"triton": TorchBackend(kernels="triton"), "torch": TorchBackend(kernels="torch")}
     q, k = random_layer(hq, hkv, length, dim, seed=length)
     q_d, k_d = torch.from_numpy(q).to(device), torch.from_numpy(k).to(device)
@@ -181,7 +181,7 @@ def time_length(length: int, hq: int, hkv: int, dim: int, device: str, repeats: 
     ops = {
         "scores r=1,n=L": lambda be: be.window_scores(q_last, k_d, scale, 1, length),
         "scores r=8,n=L-8": lambda be: be.window_scores(q_d, k_d, scale, 8),
-        "halting_curve": lambda be: be.halting_curve(a_sorted),
+        "retained_norms": lambda be: be.retained_norms(a_sorted),
         "decide paper": lambda be: POLICIES["paper"].decide_layer(q_last, k_d, backend=be, layer=2),
         "decide official": lambda be: POLICIES["official"].decide_layer(q_d, k_d, backend=be),
     }

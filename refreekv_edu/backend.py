@@ -4,7 +4,7 @@ The ReFreeKV algorithm is written once (``policies.py``) over a small *array
 vocabulary* that every backend supplies: numpy (the reference, in
 ``reference.py``), torch (+ Triton), MLX (+ Metal). A backend is a subclass of
 :class:`Backend` that implements the vocabulary; it may also override the two
-*fused operations* (``window_scores`` and ``halting_curve``) with kernels.
+*fused operations* (``window_scores`` and ``retained_norms``) with kernels.
 The defaults below build them from the vocabulary, so a new backend is correct
 as soon as its vocabulary is.
 
@@ -132,47 +132,31 @@ class Backend:
     def window_scores(
         self, queries: Array, keys: Array, scale: float, window: int, n_cols: int | None = None
     ) -> tuple[Array, Array]:
-        """The attention a decision reads, reduced to two ``(Hq, n_cols)`` arrays (Eq. 1 and the window ranking).
+        """Fused op for Eq. 1 (and the window ranking): ``(col_sum, last_row)``, both ``(Hq, n_cols)`` float32.
 
         Args:
-            queries: ``(Hq, r, D)`` float32, the post-RoPE queries of the last ``r = window`` prompt positions
-                (``r = 1`` when only the last row is needed, as for the paper's recency ranking).
-            keys: ``(Hkv, L, D)`` float32 post-RoPE keys, ``Hq = G * Hkv``: query head ``h`` reads KV head
-                ``h // G`` (as ``repeat_kv`` would), without copying the keys ``G`` times.
+            queries: ``(Hq, r, D)`` float32 post-RoPE queries of the last ``r = window`` prompt positions.
+            keys: ``(Hkv, L, D)`` float32 post-RoPE keys; query head ``h`` reads KV head ``h // G``.
             scale: attention scale (usually ``1/sqrt(D)``).
             window: ``r``, the number of query rows (row ``i`` is prompt position ``L - r + i``; causal mask).
-            n_cols: how many leading key positions to report, ``1 <= n_cols <= L``; default ``L - r`` (the
-                positions before the window, as the official script needs).
+            n_cols: how many leading key positions to report, ``1 <= n_cols <= L``; default ``L - r``.
 
-        Returns:
-            ``(col_sum, last_row)``, both ``(Hq, n_cols)`` float32: the softmax attention (over all ``L`` keys) on
-            each of the first ``n_cols`` positions summed over the ``r`` rows, and the last row's. The default
-            materialises exactly the ``(Hq, r, L)`` block: one ``q K^T`` row per head when ``r = 1``.
+        The default is the algorithm's own version, :func:`refreekv_edu.policies.window_attention`, written with
+        this vocabulary; kernel backends override it (Triton, Metal) and must match it.
         """
-        num_q_heads, _, head_dim = queries.shape
-        kv_heads, length, _ = keys.shape
-        n = length - window if n_cols is None else n_cols
-        # The G query heads of a KV head become G * r rows against that head's keys: one matmul, no copy.
-        grouped = queries.reshape(kv_heads, (num_q_heads // kv_heads) * window, head_dim)
-        logits = self.matmul(grouped, self.transpose_last(keys)).reshape(num_q_heads, window, length)
-        logits = logits * scale + self.causal_window_mask(window, length)
-        probs = self.softmax(logits, axis=-1)  # (Hq, r, L)
-        col_sum = self.sum(probs[:, :, :n], axis=1)
-        last_row = probs[:, window - 1, :n]
-        return col_sum, last_row
+        from .policies import window_attention  # the algorithm's file holds the math; imported late (no cycle)
 
-    def halting_curve(self, a_sorted: Array) -> Array:
-        """Mean retained norm for every eviction count (Eq. 2).
+        return window_attention(self, queries, keys, scale, window, n_cols)
 
-        Args:
-            a_sorted: ``(Hq, n)`` float32, each head's last-row attention on the candidates, ordered least
-                important first.
+    def retained_norms(self, a_sorted: Array) -> Array:
+        """Fused op for Eq. 2: ``R(e)`` ``(n,)`` float32 for ``e = 0 .. n-1`` from ``a_sorted`` ``(Hq, n)``.
 
-        Returns:
-            ``(n,)`` float32: ``R(e) = mean_h sqrt(sum_{k >= e} a_sorted[h, k]^2)`` for ``e = 0 .. n-1``.
+        The default is :func:`refreekv_edu.policies.retained_norms` (a reverse scan in this vocabulary); kernel
+        backends override it and must match it.
         """
-        tail = self.cumsum(a_sorted * a_sorted, axis=-1, reverse=True)
-        return self.mean(self.sqrt(tail), axis=0)
+        from .policies import retained_norms
+
+        return retained_norms(self, a_sorted)
 
     # ------------------------------------------------------- model integration
     def load_model(self, name_or_path: str, **kwargs: Any) -> tuple[Any, Any]:

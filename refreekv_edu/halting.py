@@ -73,11 +73,6 @@ def cut_from_ratio(ratio: np.ndarray, threshold: float) -> int:
     return int(ok[-1]) if ok.size else 0
 
 
-def mean_retained_norm(a_sorted: Array, be: Backend) -> Array:
-    """``R(e)`` for ``e = 0 .. n-1`` from ``a_sorted`` ``(H, n)`` (each row ordered least important first): ``(n,)``."""
-    return be.halting_curve(a_sorted)
-
-
 def ratio_curve(a_sorted: Array, be: Backend, peak: float) -> np.ndarray:
     """``ratio(e)`` for ``e = 0 .. n-1`` (numpy ``(n,)``) from ``a_sorted`` ``(H, n)`` on backend ``be``.
 
@@ -87,7 +82,7 @@ def ratio_curve(a_sorted: Array, be: Backend, peak: float) -> np.ndarray:
     """
     if 0 < peak < TINY_PEAK:
         a_sorted = a_sorted * (1.0 / peak)
-    return ratio_from_norms(be.to_numpy(mean_retained_norm(a_sorted, be)))
+    return ratio_from_norms(be.to_numpy(be.retained_norms(a_sorted)))
 
 
 def _validate(last_attn: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

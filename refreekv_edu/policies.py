@@ -109,6 +109,46 @@ def _check_full_layers(value: Any) -> tuple[int, ...]:
     return tuple(sorted({int(layer) for layer in layers}))
 
 
+# --------------------------------------------------------------------------- the two fused operations
+def window_attention(
+    be: Backend, queries: Array, keys: Array, scale: float, rows: int, n_cols: int | None = None
+) -> tuple[Array, Array]:
+    """Eq. 1: the softmax attention of the last ``rows`` prompt positions, reduced to what a decision reads.
+
+    Args:
+        be: the backend whose vocabulary computes it.
+        queries: ``(Hq, r, D)`` post-RoPE queries of the last ``r = rows`` positions; row ``i`` is position ``L - r + i``.
+        keys: ``(Hkv, L, D)`` post-RoPE keys; query head ``h`` reads KV head ``h // G`` (no ``G``-fold copy).
+        scale: attention scale.
+        rows: ``r`` (1 for the paper: one ``q K^T`` row per head).
+        n_cols: report the first ``n_cols`` key positions (default ``L - r``: those before the window).
+
+    Returns:
+        ``(col_sum, last_row)``, both ``(Hq, n_cols)``: the attention summed over the ``r`` rows (the H2O score) and
+        the last row's attention ``a`` (the halting signal). Only the ``(Hq, r, L)`` block is ever materialised.
+    """
+    num_q_heads, _, head_dim = queries.shape
+    kv_heads, length, _ = keys.shape
+    n = length - rows if n_cols is None else n_cols
+    # The G query heads of a KV head become G * r rows against that head's keys: one matmul per KV head.
+    grouped = queries.reshape(kv_heads, (num_q_heads // kv_heads) * rows, head_dim)
+    logits = be.matmul(grouped, be.transpose_last(keys)).reshape(num_q_heads, rows, length)
+    logits = logits * scale + be.causal_window_mask(rows, length)  # row i sees keys <= L - r + i
+    probs = be.softmax(logits, axis=-1)  # (Hq, r, L): a softmax over all L keys, float32
+    return be.sum(probs[:, :, :n], axis=1), probs[:, rows - 1, :n]
+
+
+def retained_norms(be: Backend, a_sorted: Array) -> Array:
+    """Eq. 2: ``R(e) = mean_h sqrt(sum_{k >= e} a_sorted[h, k]^2)`` for ``e = 0 .. n-1``: ``(n,)``.
+
+    ``a_sorted`` is ``(Hq, n)``, each row in eviction order. The tail sums are a *reverse scan* of the squares,
+    never ``total - prefix`` (which dips below zero in float32 and turns ``sqrt`` into NaN).
+    """
+    tail = be.cumsum(a_sorted * a_sorted, axis=-1, reverse=True)
+    return be.mean(be.sqrt(tail), axis=0)
+
+
+# --------------------------------------------------------------------------- the policies
 class Policy:
     """What every policy shares: sinks, the protected window, full layers, the ranking and the GQA mode.
 
@@ -218,8 +258,8 @@ class Policy:
             return self._decision(kept=everything, length=length, sinks=sinks, window=window, layer=layer,
                                   groups=groups)
 
-        # Eq. 1 - the attention of the last prompt position over all L keys, a = softmax(scale * q K^T), (Hq, L - w).
-        # A window ranking also needs the other window rows (summed per column); query head h reads KV head h // G.
+        # Eq. 1 - the attention of the last prompt position over all L keys, a = softmax(scale * q K^T), (Hq, L - w)
+        # (be.window_scores: window_attention above, or a kernel). A window ranking also sums the other window rows.
         rows = min(self.query_rows, length)
         q = queries[:, queries.shape[1] - rows :, :]
         col_sum, last_row = be.window_scores(q, keys, scale, rows, n_cols=length - window)
@@ -248,7 +288,7 @@ class Policy:
             a_sorted = be.asarray(np.concatenate([be.to_numpy(a_sorted), sink_attn_np], axis=1))
             peak = max(peak, float(sink_attn_np.max()))
 
-        # Eq. 2 - the curve: r_h(e) = sqrt(sum_{k >= e} a_sorted[h, k]^2) (a reverse scan), R(e) = mean_h r_h(e),
+        # Eq. 2 - the curve: R(e) = mean_h sqrt(sum_{k >= e} a_sorted[h, k]^2) (be.retained_norms, a reverse scan),
         # ratio(e) = (R(0) - R(e)) / R(0): the share of the norm lost by evicting the first e candidates.
         ratio = ratio_curve(a_sorted, be, peak)[:n]
 

@@ -1,7 +1,7 @@
 """The MLX backend: the refreekv_edu array vocabulary on ``mx.array``, plus Metal kernels for the fused ops.
 
 MLX arrays are lazy: every op below only records a graph; :meth:`MLXBackend.to_numpy` evaluates it.
-The two fused operations (``window_scores``, ``halting_curve``) run as Metal kernels
+The two fused operations (``window_scores``, ``retained_norms``) run as Metal kernels
 (:mod:`refreekv_mlx.metal_kernels`) when MLX computes on a Metal GPU, and as the MLX-op defaults of
 :class:`refreekv_edu.backend.Backend` otherwise (Linux, or a Mac with the CPU as default device).
 
@@ -172,8 +172,8 @@ class MLXBackend(Backend):
             return metal_kernels.metal_window_scores(queries, keys, scale, window, n_cols=n_cols)
         return super().window_scores(queries, keys, scale, window, n_cols=n_cols)
 
-    def halting_curve(self, a_sorted: mx.array) -> mx.array:
-        """Step 5 (see :meth:`refreekv_edu.backend.Backend.halting_curve`); a Metal kernel on the GPU.
+    def retained_norms(self, a_sorted: mx.array) -> mx.array:
+        """Step 5 (see :meth:`refreekv_edu.backend.Backend.retained_norms`); a Metal kernel on the GPU.
 
         Args:
             a_sorted: ``(Hq, n)``, each row least important first.
@@ -183,8 +183,8 @@ class MLXBackend(Backend):
         """
         a_sorted = self.asarray(a_sorted)
         if self.uses_kernels() and a_sorted.shape[-1] > 0:
-            return metal_kernels.metal_halting_curve(a_sorted)
-        return super().halting_curve(a_sorted)
+            return metal_kernels.metal_retained_norms(a_sorted)
+        return super().retained_norms(a_sorted)
 
     # ------------------------------------------------------- model integration
     def load_model(self, name_or_path: str, **kwargs: Any) -> tuple[Any, Any]:

@@ -9,12 +9,12 @@ Two kernels (see the comments in each ``.metal`` file for the algorithm):
 - ``window_scores``: ``(Hq, r, D)`` queries x ``(Hkv, L, D)`` keys -> ``col_sum (Hq, n)``, ``last_row (Hq, n)``
   on the first ``n = n_cols`` key positions (default ``L - r``; the paper asks ``r = 1``, ``n = L``);
   one threadgroup per query head, two-pass softmax over the ``r`` rows, never storing the ``r x L`` block.
-- ``halting_curve``: ``(H, n)`` sorted last-row attention -> ``R(e) (n,)``; one threadgroup, chunked reverse scan.
+- ``retained_norms``: ``(H, n)`` sorted last-row attention -> ``R(e) (n,)``; one threadgroup, chunked reverse scan.
 
 The same bodies compile as C++ through :mod:`refreekv_mlx.cpu_shim`, which runs every simulated GPU thread
 on a CPU thread with real barriers: that is how they are tested on Linux, where there is no Metal. The launch
 geometry (grid, threadgroup, output shapes, scalar inputs) is computed once here, by :func:`window_scores_launch`
-and :func:`halting_curve_launch`, and used by both the Metal path and the shim, so the shim runs the very launch
+and :func:`retained_norms_launch`, and used by both the Metal path and the shim, so the shim runs the very launch
 the GPU would.
 
 This module imports ``mlx`` only inside the functions that call Metal, so the kernel specs and the shim work
@@ -95,13 +95,13 @@ def window_scores_spec() -> KernelSpec:
 
 
 @cache
-def halting_curve_spec() -> KernelSpec:
-    """The ``halting_curve`` kernel (``kernels/halting_curve.metal``)."""
+def retained_norms_spec() -> KernelSpec:
+    """The ``retained_norms`` kernel (``kernels/retained_norms.metal``)."""
     return KernelSpec(
-        name="refreekv_halting_curve",
+        name="refreekv_retained_norms",
         inputs=(("a", "float32"), ("dims", "int32")),
         outputs=(("curve", "float32"),),
-        source=_read("halting_curve.metal"),
+        source=_read("retained_norms.metal"),
         header=_read("common.metal"),
     )
 
@@ -156,11 +156,11 @@ def window_scores_launch(
     )
 
 
-def halting_curve_launch(num_heads: int, n: int, threads: int = DEFAULT_THREADS) -> Launch:
-    """Launch geometry of ``halting_curve`` for ``a_sorted`` of shape ``(H, n)``, ``n >= 1``."""
+def retained_norms_launch(num_heads: int, n: int, threads: int = DEFAULT_THREADS) -> Launch:
+    """Launch geometry of ``retained_norms`` for ``a_sorted`` of shape ``(H, n)``, ``n >= 1``."""
     threads = _check_threads(threads, power_of_two=False)
     if n < 1 or num_heads < 1:
-        raise ValueError(f"halting_curve needs at least one head and one candidate, got shape ({num_heads}, {n})")
+        raise ValueError(f"retained_norms needs at least one head and one candidate, got shape ({num_heads}, {n})")
     return Launch(
         grid=(threads, 1, 1),
         threadgroup=(threads, 1, 1),
@@ -217,14 +217,14 @@ def metal_window_scores(
     return col_sum, last_row
 
 
-def metal_halting_curve(a_sorted: Any, threads: int = DEFAULT_THREADS):
-    """``halting_curve`` on the GPU: ``a_sorted (H, n)`` mx array -> ``R (n,)``.
+def metal_retained_norms(a_sorted: Any, threads: int = DEFAULT_THREADS):
+    """``retained_norms`` on the GPU: ``a_sorted (H, n)`` mx array -> ``R (n,)``.
 
     Unverified here (no Mac in CI); the same body is tested through the CPU shim.
     """
     import mlx.core as mx
 
     num_heads, n = (int(s) for s in a_sorted.shape)
-    launch = halting_curve_launch(num_heads, n, threads)
-    (curve,) = _run_metal(halting_curve_spec(), [a_sorted.astype(mx.float32)], launch)
+    launch = retained_norms_launch(num_heads, n, threads)
+    (curve,) = _run_metal(retained_norms_spec(), [a_sorted.astype(mx.float32)], launch)
     return curve

@@ -1,6 +1,6 @@
 """The PyTorch backend: the array vocabulary in torch ops, the two fused ops in Triton when possible.
 
-Which implementation of the fused ops (``window_scores``, ``halting_curve``) runs is decided per call:
+Which implementation of the fused ops (``window_scores``, ``retained_norms``) runs is decided per call:
 
 =====================  =====================================================================
 ``kernels=``           what runs
@@ -237,9 +237,9 @@ class TorchBackend(Backend):
         # n_cols = L - r for the window rankings (H2O, SnapKV); n_cols = L, r = 1 for the paper's recency ranking.
         return self._run_fused("window_scores", queries.float(), keys.float(), scale, window, n)
 
-    def halting_curve(self, a_sorted: torch.Tensor) -> torch.Tensor:
-        """See :meth:`refreekv_edu.backend.Backend.halting_curve`: ``(Hq, n) -> (n,)``."""
-        return self._run_fused("halting_curve", a_sorted.float())
+    def retained_norms(self, a_sorted: torch.Tensor) -> torch.Tensor:
+        """See :meth:`refreekv_edu.backend.Backend.retained_norms`: ``(Hq, n) -> (n,)``."""
+        return self._run_fused("retained_norms", a_sorted.float())
 
     # ------------------------------------------------------- model integration
     def load_model(self, name_or_path: str, **kwargs: Any) -> tuple[Any, Any]:

@@ -339,7 +339,7 @@ def window_scores(
     return col_sum, last_row
 
 
-def retained_norms(a_sorted: torch.Tensor) -> torch.Tensor:
+def per_head_norms(a_sorted: torch.Tensor) -> torch.Tensor:
     """``(H, n) -> (H, n)``: ``r_h(e) = sqrt(sum_{k >= e} a_sorted[h, k]^2)`` by a per-head reverse scan."""
     a_sorted = a_sorted.contiguous()
     heads, n = a_sorted.shape
@@ -350,9 +350,9 @@ def retained_norms(a_sorted: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def halting_curve(a_sorted: torch.Tensor) -> torch.Tensor:
-    """Triton version of :meth:`refreekv_edu.backend.Backend.halting_curve`: ``(H, n) -> (n,)`` mean retained norm."""
-    return retained_norms(a_sorted).mean(dim=0)
+def retained_norms(a_sorted: torch.Tensor) -> torch.Tensor:
+    """Triton version of :meth:`refreekv_edu.backend.Backend.retained_norms`: ``(H, n) -> (n,)`` mean retained norm."""
+    return per_head_norms(a_sorted).mean(dim=0)
 
 
 def halting_cut(mean_norms: torch.Tensor, threshold: float) -> int:

@@ -94,12 +94,12 @@ def test_fused_window_scores_match_reference(backend, case, rows, cols):
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 1), (4, 7), (2, 64), (5, 129), (2, 1000)])
-def test_fused_halting_curve_matches_reference(backend, shape):
+def test_fused_retained_norms_matches_reference(backend, shape):
     rng = np.random.default_rng(sum(shape))
     a = rng.dirichlet(np.ones(shape[1]), size=shape[0]).astype(np.float32)
     a_sorted = np.sort(a, axis=1)
-    ref = REFERENCE.halting_curve(a_sorted)
-    got = backend.to_numpy(backend.halting_curve(backend.asarray(a_sorted)))
+    ref = REFERENCE.retained_norms(a_sorted)
+    got = backend.to_numpy(backend.retained_norms(backend.asarray(a_sorted)))
     assert got.shape == (shape[1],)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
     assert np.all(np.isfinite(got)), "reverse scan produced NaN/inf (total - prefix?)"

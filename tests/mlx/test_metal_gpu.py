@@ -20,7 +20,7 @@ if not mx.metal.is_available():
     pytest.skip("MLX reports no Metal device on this Mac", allow_module_level=True)
 
 from refreekv_mlx import MLXBackend  # noqa: E402
-from refreekv_mlx.metal_kernels import metal_halting_curve, metal_window_scores  # noqa: E402
+from refreekv_mlx.metal_kernels import metal_retained_norms, metal_window_scores  # noqa: E402
 
 import refreekv_edu as rk  # noqa: E402
 from refreekv_edu.reference import NumpyBackend  # noqa: E402
@@ -66,11 +66,11 @@ def test_metal_window_scores_n_cols_matches_reference(hq, hkv, length, rows, n_c
 
 
 @pytest.mark.parametrize("heads,n,threads", [(1, 1, 256), (9, 7, 256), (32, 4000, 256), (3, 1000, 1024)])
-def test_metal_halting_curve_matches_reference(heads, n, threads):
+def test_metal_retained_norms_matches_reference(heads, n, threads):
     rng = np.random.default_rng(n)
     a = np.sort(rng.dirichlet(np.ones(n), size=heads).astype(np.float32), axis=1)
-    got = np.array(metal_halting_curve(mx.array(a), threads=threads))
-    np.testing.assert_allclose(got, REF.halting_curve(a), rtol=1e-4, atol=1e-7)
+    got = np.array(metal_retained_norms(mx.array(a), threads=threads))
+    np.testing.assert_allclose(got, REF.retained_norms(a), rtol=1e-4, atol=1e-7)
 
 
 def test_backend_uses_kernels_on_gpu_and_decisions_match():

@@ -13,8 +13,8 @@ from refreekv_mlx import cpu_shim
 from refreekv_mlx.metal_kernels import (
     KernelSpec,
     Launch,
-    halting_curve_launch,
-    halting_curve_spec,
+    retained_norms_launch,
+    retained_norms_spec,
     window_scores_launch,
     window_scores_spec,
 )
@@ -120,24 +120,24 @@ def test_window_scores_peaked_and_flat_attention():
     np.testing.assert_allclose(col, np.full((2, 42), expected), rtol=1e-5)
 
 
-# ----------------------------------------------------------------------------------- halting_curve
+# ----------------------------------------------------------------------------------- retained_norms
 @pytest.mark.parametrize(
     "heads,n,threads",
     [(1, 1, 1), (1, 1, 64), (3, 7, 2), (9, 100, 8), (4, 257, 64), (2, 1000, 256), (5, 64, 64), (2, 10, 3)],
 )
-def test_halting_curve_matches_reference(heads, n, threads):
+def test_retained_norms_matches_reference(heads, n, threads):
     rng = np.random.default_rng(heads * n)
     a = np.sort(rng.dirichlet(np.ones(n), size=heads).astype(np.float32), axis=1)
-    got = cpu_shim.shim_halting_curve(a, threads=threads)
-    np.testing.assert_allclose(got, REF.halting_curve(a), rtol=1e-5, atol=1e-7)
+    got = cpu_shim.shim_retained_norms(a, threads=threads)
+    np.testing.assert_allclose(got, REF.retained_norms(a), rtol=1e-5, atol=1e-7)
     assert np.all(np.isfinite(got))
 
 
-def test_halting_curve_zeros_and_tiny_tail():
-    np.testing.assert_array_equal(cpu_shim.shim_halting_curve(np.zeros((3, 20), np.float32), threads=4), 0.0)
+def test_retained_norms_zeros_and_tiny_tail():
+    np.testing.assert_array_equal(cpu_shim.shim_retained_norms(np.zeros((3, 20), np.float32), threads=4), 0.0)
     # a huge value followed by tiny ones: R(e) for the tail must come from a scan, not total - prefix
     a = np.array([[1e3, 1e-4, 1e-4, 1e-4]], np.float32)
-    got = cpu_shim.shim_halting_curve(a, threads=2)
+    got = cpu_shim.shim_retained_norms(a, threads=2)
     np.testing.assert_allclose(got[1:], np.sqrt([3e-8, 2e-8, 1e-8]), rtol=1e-5)
 
 
@@ -150,8 +150,8 @@ class ShimBackend(NumpyBackend):
     def window_scores(self, queries, keys, scale, window, n_cols=None):
         return cpu_shim.shim_window_scores(queries, keys, scale, window, threads=32, n_cols=n_cols)
 
-    def halting_curve(self, a_sorted):
-        return cpu_shim.shim_halting_curve(a_sorted, threads=32)
+    def retained_norms(self, a_sorted):
+        return cpu_shim.shim_retained_norms(a_sorted, threads=32)
 
 
 #: (preset, overrides): every preset as shipped, plus the official script's variants pinned since before the presets.
@@ -258,15 +258,15 @@ def test_launch_checks():
     assert launch.output_shapes == ((3, 8), (3, 8))
     np.testing.assert_array_equal(launch.extra_inputs[0], [3, 8, 4, 1, 3, 8])
     with pytest.raises(ValueError, match="at least one head and one candidate"):
-        halting_curve_launch(2, 0)
+        retained_norms_launch(2, 0)
     bad = Launch(
         grid=(5, 1, 1), threadgroup=(2, 1, 1), output_shapes=((1,),), extra_inputs=(np.array([1, 1], np.int32),)
     )
     with pytest.raises(ValueError, match="not a multiple"):
-        cpu_shim.build(halting_curve_spec())([np.ones((1, 1), np.float32)], bad)
+        cpu_shim.build(retained_norms_spec())([np.ones((1, 1), np.float32)], bad)
 
 
-@pytest.mark.parametrize("spec_fn", [window_scores_spec, halting_curve_spec])
+@pytest.mark.parametrize("spec_fn", [window_scores_spec, retained_norms_spec])
 def test_kernels_use_only_what_the_shim_emulates(spec_fn):
     # A construct the shim does not model would make the CPU tests meaningless for it: keep them out
     # of the kernels (or extend metal_shim.h and its list of limits first).
@@ -335,8 +335,8 @@ if hypothesis is not None:
         threads=st.sampled_from([1, 2, 3, 7, 32, 64]),
         seed=st.integers(0, 2**16),
     )
-    def test_halting_curve_random_shapes(heads, n, threads, seed):
+    def test_retained_norms_random_shapes(heads, n, threads, seed):
         rng = np.random.default_rng(seed)
         a = rng.random((heads, n)).astype(np.float32) ** 3  # skewed, like attention
-        got = cpu_shim.shim_halting_curve(a, threads=threads)
-        np.testing.assert_allclose(got, REF.halting_curve(a), rtol=1e-5, atol=1e-7)
+        got = cpu_shim.shim_retained_norms(a, threads=threads)
+        np.testing.assert_allclose(got, REF.retained_norms(a), rtol=1e-5, atol=1e-7)

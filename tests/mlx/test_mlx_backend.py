@@ -150,11 +150,11 @@ def test_window_scores_n_cols_matches_reference(hq, hkv, length, rows, n_cols):
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (9, 1), (3, 50), (4, 257)])
-def test_halting_curve_matches_reference(shape):
+def test_retained_norms_matches_reference(shape):
     rng = np.random.default_rng(shape[1])
     a = np.sort(rng.dirichlet(np.ones(shape[1]), size=shape[0]).astype(np.float32), axis=1)
-    got = as_np(MLX.halting_curve(MLX.asarray(a)))
-    np.testing.assert_allclose(got, REF.halting_curve(a), rtol=1e-5, atol=1e-7)
+    got = as_np(MLX.retained_norms(MLX.asarray(a)))
+    np.testing.assert_allclose(got, REF.retained_norms(a), rtol=1e-5, atol=1e-7)
     assert np.all(np.diff(got) <= 1e-7), "R(e) must not grow as more candidates are evicted"
 
 

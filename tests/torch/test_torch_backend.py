@@ -106,7 +106,7 @@ def test_torch_fused_ops_match_reference(case):
         np.testing.assert_allclose(_t(col), ref_col, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(_t(last), ref_last, rtol=1e-5, atol=1e-7)
     a_sorted = np.sort(ref_last, axis=1)
-    np.testing.assert_allclose(_t(BE.halting_curve(BE.asarray(a_sorted))), REF.halting_curve(a_sorted), rtol=1e-5)
+    np.testing.assert_allclose(_t(BE.retained_norms(BE.asarray(a_sorted))), REF.retained_norms(a_sorted), rtol=1e-5)
 
 
 def test_window_scores_without_candidates_is_empty():

@@ -179,13 +179,13 @@ def test_window_scores_reject_bad_shapes():
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 1), (4, 7), (2, 64), (5, 129), (2, 3000)])
-def test_halting_curve_matches_reference(shape):
+def test_retained_norms_matches_reference(shape):
     rng = np.random.default_rng(sum(shape))
     a = rng.dirichlet(np.ones(shape[1]), size=shape[0]).astype(np.float32)
     a_sorted = np.sort(a, axis=1)
-    got = triton_kernels.halting_curve(_dev(a_sorted)).cpu().numpy()
+    got = triton_kernels.retained_norms(_dev(a_sorted)).cpu().numpy()
     assert got.shape == (shape[1],)
-    np.testing.assert_allclose(got, REF.halting_curve(a_sorted), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got, REF.retained_norms(a_sorted), rtol=1e-5, atol=1e-7)
 
 
 def test_retained_norms_stay_finite_and_ordered_with_huge_dynamic_range():
@@ -193,7 +193,7 @@ def test_retained_norms_stay_finite_and_ordered_with_huge_dynamic_range():
     # zero or below (NaN after sqrt); a reverse scan keeps every tail positive and non-increasing.
     a = np.full((1, 2500), 1e-6, np.float32)
     a[0, -1] = 1e3
-    norms = triton_kernels.retained_norms(_dev(a)).cpu().numpy()[0]
+    norms = triton_kernels.per_head_norms(_dev(a)).cpu().numpy()[0]
     assert np.all(np.isfinite(norms)) and np.all(norms >= 1e3)
     assert np.all(np.diff(norms) <= 0)
 
@@ -202,7 +202,7 @@ def test_retained_norms_stay_finite_and_ordered_with_huge_dynamic_range():
 def test_device_cut_matches_core_cut(threshold):
     rng = np.random.default_rng(7)
     a_sorted = np.sort(rng.dirichlet(np.ones(50), size=4).astype(np.float32), axis=1)
-    norms = REF.halting_curve(a_sorted)
+    norms = REF.retained_norms(a_sorted)
     expected = cut_from_ratio(ratio_from_norms(norms), threshold)
     assert triton_kernels.halting_cut(_dev(norms), threshold) == expected
     assert triton_kernels.halting_cut(_dev(np.zeros(5, np.float32)), threshold) == 4  # no attention: keep one
@@ -241,7 +241,7 @@ def test_prompts_without_candidates_never_launch_a_kernel(monkeypatch, case, pre
         raise AssertionError("a kernel was launched although L <= m + w")
 
     monkeypatch.setattr(triton_kernels, "window_scores", fail)
-    monkeypatch.setattr(triton_kernels, "halting_curve", fail)
+    monkeypatch.setattr(triton_kernels, "retained_norms", fail)
     if case == "tiny":  # L = 4 = the paper's sinks: no candidate
         rng = np.random.default_rng(0)
         q, k = rng.standard_normal((4, 1, 16)).astype(np.float32), rng.standard_normal((2, 4, 16)).astype(np.float32)

@@ -9,10 +9,10 @@ this cannot emulate.
 
 Usage::
 
-    from refreekv_mlx.cpu_shim import shim_window_scores, shim_halting_curve
+    from refreekv_mlx.cpu_shim import shim_window_scores, shim_retained_norms
     col_sum, last_row = shim_window_scores(q, k, scale, window, threads=64)   # numpy in, numpy out
     col_sum, last_row = shim_window_scores(q_last, k, scale, 1, n_cols=L)     # the paper: last row, all keys
-    curve = shim_halting_curve(a_sorted, threads=64)
+    curve = shim_retained_norms(a_sorted, threads=64)
 
 Builds are cached by a hash of the generated source and compiler flags in
 ``$TMPDIR/refreekv_edu_metal_shim/<hash>/``; the first build of a kernel takes a few seconds (g++).
@@ -39,8 +39,8 @@ from ..metal_kernels import (
     DEFAULT_THREADS,
     KernelSpec,
     Launch,
-    halting_curve_launch,
-    halting_curve_spec,
+    retained_norms_launch,
+    retained_norms_spec,
     window_scores_launch,
     window_scores_spec,
 )
@@ -214,10 +214,10 @@ def shim_window_scores(
     return col_sum, last_row
 
 
-def shim_halting_curve(a_sorted: np.ndarray, threads: int = DEFAULT_THREADS) -> np.ndarray:
-    """The ``halting_curve`` kernel body run on CPU threads: ``a_sorted (H, n)`` -> ``R (n,)`` float32."""
+def shim_retained_norms(a_sorted: np.ndarray, threads: int = DEFAULT_THREADS) -> np.ndarray:
+    """The ``retained_norms`` kernel body run on CPU threads: ``a_sorted (H, n)`` -> ``R (n,)`` float32."""
     if a_sorted.ndim != 2:
         raise ValueError(f"expected a_sorted of shape (H, n), got {a_sorted.shape}")
-    launch = halting_curve_launch(a_sorted.shape[0], a_sorted.shape[1], threads)
-    (curve,) = build(halting_curve_spec())([a_sorted], launch)
+    launch = retained_norms_launch(a_sorted.shape[0], a_sorted.shape[1], threads)
+    (curve,) = build(retained_norms_spec())([a_sorted], launch)
     return curve

@@ -1,4 +1,4 @@
-// halting_curve: mean retained attention norm for every eviction count (step 5).
+// retained_norms: mean retained attention norm for every eviction count (step 5).
 //
 // This is the BODY of a Metal kernel function: mx.fast.metal_kernel generates the signature
 //   const device float* a, const device int* dims, device float* curve, + the thread attributes used below.
