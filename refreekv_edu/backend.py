@@ -171,6 +171,10 @@ class Backend:
         """Prefill -> decide -> compact -> decode; returns :class:`refreekv_edu.generate.GenerationResult`."""
         raise BackendUnavailableError(f"backend {self.name!r} cannot generate")
 
+    def set_threads(self, n: int) -> int | None:
+        """Ask the backend's library to compute on ``n`` CPU threads; the count now in use (``None``: no such knob)."""
+        return None
+
     # ---------------------------------------------------------------- info
     def describe(self) -> str:
         """One line: library versions and the device this backend computes on."""

@@ -91,6 +91,11 @@ class TorchBackend(Backend):
         self.kernels = mode
         self.device = torch.device(device) if device is not None else None
 
+    def set_threads(self, n: int) -> int | None:
+        """``torch.set_num_threads(n)`` (intra-op CPU threads, process-wide: it is torch's own setting)."""
+        torch.set_num_threads(int(n))
+        return torch.get_num_threads()
+
     def next_to(self, x: Any) -> TorchBackend:
         """See :meth:`refreekv_edu.backend.Backend.next_to`: pinned to ``x``'s (any shape) device unless ``device`` was given."""
         if self.device is not None or not isinstance(x, torch.Tensor):

@@ -10,16 +10,18 @@ from Python::
 
 Modules: :mod:`.haystack` (filler text made at run time), :mod:`.tasks` (offline tasks),
 :mod:`.datasets` (LongBench, GSM8K, CoQA, TruthfulQA loaders), :mod:`.metrics` (task and fidelity
-metrics), :mod:`.methods` (method names -> policies), :mod:`.runner` (the loop), :mod:`.report`
-(tables, plots, ``docs/results.md``), :mod:`.cli` (``refreekv-edu eval``).
+metrics), :mod:`.methods` (method names -> policies), :mod:`.runner` (the loop), :mod:`.speed` (decode speed of
+the compressed vs the full cache at a long prompt, and memory), :mod:`.report` (tables, plots, ``docs/results.md``),
+:mod:`.cli` (``refreekv-edu eval``).
 Only numpy and the standard library are imported here; tqdm, matplotlib and ``datasets`` load on use.
 """
 
 from .datasets import DATASETS, load_dataset_samples
 from .methods import ALL_METHODS, DEFAULT_METHODS, MethodSpec, matched_budget, parse_method, parse_methods
 from .metrics import METRICS, first_token_kl, qa_f1, rouge_l, score, token_agreement
-from .report import findings, markdown_table, summarize, write_results_md
+from .report import findings, markdown_table, oracle_comparisons, paired_comparisons, summarize, write_results_md
 from .runner import EvalConfig, Runner, build_samples, read_records, run_eval
+from .speed import speed_check
 from .tasks import TASKS, Sample, make_samples
 
 __all__ = [
@@ -39,6 +41,8 @@ __all__ = [
     "make_samples",
     "markdown_table",
     "matched_budget",
+    "oracle_comparisons",
+    "paired_comparisons",
     "parse_method",
     "parse_methods",
     "qa_f1",
@@ -46,6 +50,7 @@ __all__ = [
     "rouge_l",
     "run_eval",
     "score",
+    "speed_check",
     "summarize",
     "token_agreement",
     "write_results_md",

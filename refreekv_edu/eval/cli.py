@@ -7,6 +7,8 @@ Examples::
     refreekv-edu eval --methods all --results-md docs/results.md
     refreekv-edu eval --tasks longbench/qasper gsm8k --data-dir ~/data --lengths 4096
     refreekv-edu eval --report-only --out results/eval   # rebuild the table and plots from samples.jsonl
+    refreekv-edu eval --tasks reading --samples 20 --methods paper recency@matched recency@matched-set --threads 1 \
+        --speed-length 4096                              # plus the decode-speed ratio at ~4k tokens
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from ..policies import PRESETS
 from .datasets import DATASETS
-from .methods import DEFAULT_METHODS
+from .methods import DEFAULT_METHODS, ORACLE_TOLERANCE
 from .tasks import TASKS
 
 #: The default suite: 6 tasks x 2 samples x 6 methods = 72 generations, most at ~1k tokens (minutes on a 2-core CPU).
@@ -43,6 +45,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "budgets at 0.2/0.5/0.8), or names: full; a preset (" + ", ".join(PRESETS) + ") or "
                              "<preset>@<threshold> (paper@0.02); <ranking>@<budget> (recency@0.5, h2o@0.5, snapkv@0.2); "
                              "<ranking>@matched (a fixed budget with the paper preset's mean budget on each sample); "
+                             "<ranking>@matched-set (one fixed budget for every sample: the paper preset's mean budget "
+                             "over the whole run, run after the paper preset finished every sample); "
                              "<ranking>@oracle (the smallest fixed budget reproducing the full cache's output, by "
                              "binary search: ~7 generations per sample); 'sweep' (every preset at T = 0.1%%..10%%). "
                              "Validated before the model loads (default: %(default)s)")
@@ -61,14 +65,28 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override every sample's decode length, >= 1 (default: each task's own)")
     parser.add_argument("--results-md", default=None, metavar="PATH",
                         help="also write this results page (e.g. docs/results.md; plots go to <its folder>/assets/results)")
-    parser.add_argument("--report-only", action="store_true", help="skip generation; rebuild the report from <out>/samples.jsonl")
+    parser.add_argument("--report-only", action="store_true",
+                        help="skip generation; rebuild the report from <out>/samples.jsonl (the methods of the last run, "
+                             "from <out>/run.json)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own). On a loaded 2-core machine --threads 1 is several "
+                             "times faster than 2")
+    parser.add_argument("--oracle-tolerance", type=float, default=ORACLE_TOLERANCE,
+                        help="width at which the <ranking>@oracle binary search stops (default 1/64: 6 probes; "
+                             "1/32: 5 probes)")
+    parser.add_argument("--speed-length", type=int, default=None, metavar="TOKENS",
+                        help="also measure decode tokens/s of the paper preset vs the full cache side by side on a "
+                             "passkey prompt of about this many tokens (e.g. 4096); written to <out>/speed.json")
+    parser.add_argument("--speed-new-tokens", type=int, default=32, help="decode steps of the speed step (default: %(default)s)")
+    parser.add_argument("--speed-repeats", type=int, default=2,
+                        help="interleaved runs per method in the speed step; the fastest decode is kept (default: %(default)s)")
 
 
 def run_eval_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Run ``refreekv-edu eval`` with parsed ``args``; prints the summary table and where files went."""
-    from .report import make_plots, markdown_table, summarize, write_results_md, write_summary
-    from .runner import EvalConfig, Runner, read_records
+    from .report import make_plots, markdown_table, read_speed, speed_line, summarize, write_results_md, write_summary
+    from .runner import EvalConfig, Runner, check_writable, read_records
 
     config = EvalConfig(
         tasks=_split(args.tasks),
@@ -85,6 +103,11 @@ def run_eval_from_args(args: argparse.Namespace, argv: list[str] | None = None) 
         haystack=args.haystack,
         max_new_tokens=args.max_new_tokens,
         progress=not args.no_progress,
+        oracle_tolerance=args.oracle_tolerance,
+        threads=args.threads,
+        speed_length=args.speed_length,
+        speed_new_tokens=args.speed_new_tokens,
+        speed_repeats=args.speed_repeats,
     )
     out = Path(config.out_dir)
     argv = list(sys.argv if argv is None else argv)
@@ -93,8 +116,15 @@ def run_eval_from_args(args: argparse.Namespace, argv: list[str] | None = None) 
         if not records:
             raise ValueError(f"no records in {out / 'samples.jsonl'}; run without --report-only first")
         info = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+        methods = info.get("config", {}).get("methods")
+        if methods:  # the same rows as the last run's own report: records of methods dropped since are left out
+            from .methods import parse_methods
+
+            names = {m.name for m in parse_methods(methods)}
+            records = [r for r in records if r["method"] in names]
     else:
         config.validate()
+        check_writable(out)  # before the model loads
         print(f"loading {config.model} on backend {config.backend} ...", file=sys.stderr, flush=True)
         runner = Runner(config)
         runner.write_run_info(argv)
@@ -104,8 +134,11 @@ def run_eval_from_args(args: argparse.Namespace, argv: list[str] | None = None) 
     plots = make_plots(records, out / "plots")
     print(markdown_table(summarize(records)))
     print(f"\nrecords: {out / 'samples.jsonl'}\nsummary: {summary}\nplots:   {', '.join(str(p) for p in plots)}")
+    speed = read_speed(out / "speed.json")
+    if speed:
+        print(f"speed: {speed_line(speed)}")
     if args.results_md:
-        print(f"results: {write_results_md(records, info, args.results_md)}")
+        print(f"results: {write_results_md(records, info, args.results_md, speed=speed)}")
     return 0
 
 

@@ -16,6 +16,11 @@
 - ``<ranking>@matched``: a fixed budget whose mean over layers equals the *paper* preset's mean budget on the
   same sample (``trace.mean_budget``). This is the fair comparison: the same memory, spread uniformly over the
   pruned layers, so any difference comes from *where* ReFreeKV spends the budget (per layer and per input).
+- ``<ranking>@matched-set``: ONE fixed budget for every sample of the run, whose mean over layers equals the
+  paper preset's mean budget averaged over *all* samples of the run (every task and length; a plain mean of
+  the per-sample ``mean_budget``). This is the paper's claim in its own terms: a fixed budget at the same
+  average memory, which cannot give a demanding input more than a redundant one. It runs after the paper
+  preset has run on every sample (the runner's second phase).
 
 Every fixed budget keeps what the paper's method protects: the first 4 positions (sinks) and layers 0 and 1
 whole. ``recency`` protects no window (``w = 0``, like the paper); ``h2o`` and ``snapkv`` score candidates by the
@@ -32,12 +37,11 @@ from typing import Any
 import numpy as np
 
 from ..policies import PRESETS
-
-RANKINGS = ("recency", "h2o", "snapkv")
+from ..ranking import RANKINGS
 #: The preset every ``@matched`` baseline is matched to.
 MATCH_PRESET = "paper"
 _NUMBER = r"[0-9]*\.?[0-9]+(?:e-?[0-9]+)?"
-_FIXED = re.compile(rf"^([a-z0-9_-]+)@(matched|oracle|{_NUMBER})$")
+_FIXED = re.compile(rf"^([a-z0-9_-]+)@(matched-set|matched|oracle|{_NUMBER})$")
 _PRESET = re.compile(rf"^([a-z0-9_-]+)(?:@({_NUMBER}))?$")
 #: Fields of the fixed baselines that copy the paper preset's protections.
 FIXED_SINKS = PRESETS["paper"]["sinks"]
@@ -49,8 +53,11 @@ DEFAULT_METHODS = ("full", "paper", "official-script", "recency@matched", "h2o@m
 ALL_METHODS = DEFAULT_METHODS + ("sinks-in-metric", "h2o-ranking") + tuple(
     f"{r}@{b}" for r in RANKINGS for b in ("0.2", "0.5", "0.8")
 )
-#: The binary search of ``<ranking>@oracle`` stops when the budget interval is this narrow (6 probes + 1).
+#: The binary search of ``<ranking>@oracle`` stops when the budget interval is this narrow (6 probes + 1);
+#: ``EvalConfig.oracle_tolerance`` / ``--oracle-tolerance`` sets another.
 ORACLE_TOLERANCE = 1 / 64
+#: Kinds whose budget is known only after the paper preset ran (per sample, or over the whole run).
+MATCHED_KINDS = ("matched", "matched-set")
 #: The thresholds of ``--methods sweep`` (0.1% to 10%, like the paper's Figures 2-3).
 SWEEP_THRESHOLDS = (0.001, 0.003, 0.01, 0.03, 0.1)
 #: ``--methods sweep``: every preset at every sweep threshold (a preset's own threshold keeps its bare name).
@@ -63,7 +70,7 @@ class MethodSpec:
 
     Attributes:
         name: the canonical name (``"paper"``, ``"paper@0.02"``, ``"h2o@0.5"``, ``"recency@matched"``).
-        kind: ``"full"``, ``"refreekv"`` (a preset), ``"fixed"``, ``"matched"`` or ``"oracle"``.
+        kind: ``"full"``, ``"refreekv"`` (a preset), ``"fixed"``, ``"matched"``, ``"matched-set"`` or ``"oracle"``.
         preset: the ReFreeKV preset (``kind == "refreekv"``).
         ranking: the fixed baseline's ranking (``"fixed"``/``"matched"``).
         threshold: the preset's threshold, or ``None`` for the preset's own.
@@ -83,8 +90,8 @@ class MethodSpec:
         Args:
             window: ``w`` of the ``h2o``/``snapkv`` fixed baselines (presets keep their own window).
             gqa: the GQA mode of every method.
-            matched_budget: the per-pruned-layer budget of a ``matched`` method (see :func:`matched_budget`), or
-                the budget an ``oracle`` search probes.
+            matched_budget: the per-pruned-layer budget of a ``matched``/``matched-set`` method (see
+                :func:`matched_budget`), or the budget an ``oracle`` search probes.
         """
         from ..policies import FixedBudget, FullCache, ReFreeKV
 
@@ -132,7 +139,8 @@ def _threshold(text: str, name: str) -> float:
 
 
 def parse_method(name: str) -> MethodSpec:
-    """Parse ``"full"``, ``"<preset>[@T]"``, ``"refreekv[@T]"``, ``"<ranking>@<budget>"`` or ``"<ranking>@matched"``."""
+    """Parse ``"full"``, ``"<preset>[@T]"``, ``"refreekv[@T]"``, ``"<ranking>@<budget>"``, ``"<ranking>@matched"``,
+    ``"<ranking>@matched-set"`` or ``"<ranking>@oracle"``."""
     text = name.strip().lower()
     if text == "full":
         return MethodSpec("full", "full")
@@ -148,7 +156,7 @@ def parse_method(name: str) -> MethodSpec:
     m = _FIXED.match(text)
     if m and m.group(1) in RANKINGS:
         ranking, budget = m.groups()
-        if budget in ("matched", "oracle"):
+        if budget in ("matched", "matched-set", "oracle"):
             return MethodSpec(text, budget, ranking=ranking)
         value = float(budget)
         if not 0.0 < value <= 1.0:
@@ -159,7 +167,8 @@ def parse_method(name: str) -> MethodSpec:
         hint = " (the 'position' ranking is gone: 'recency' evicts oldest first and keeps the 4 sinks)"
     raise ValueError(
         f"unknown method {name!r}{hint}; use 'full', a preset ({', '.join(PRESETS)}) optionally with a threshold "
-        f"('paper@0.02'), '<ranking>@<budget>' (e.g. 'h2o@0.5'), '<ranking>@matched' or '<ranking>@oracle', with "
+        f"('paper@0.02'), '<ranking>@<budget>' (e.g. 'h2o@0.5'), '<ranking>@matched', '<ranking>@matched-set' or "
+        f"'<ranking>@oracle', with "
         f"ranking in "
         f"{', '.join(RANKINGS)}"
     )
@@ -184,8 +193,9 @@ def parse_methods(names: list[str] | tuple[str, ...] | str) -> list[MethodSpec]:
     for n in expanded:
         spec = parse_method(n)
         specs.setdefault(spec.name, spec)
-    if any(s.kind == "matched" for s in specs.values()) and MATCH_PRESET not in specs:
+    if any(s.kind in MATCHED_KINDS for s in specs.values()) and MATCH_PRESET not in specs:
         specs = {MATCH_PRESET: parse_method(MATCH_PRESET), **specs}
     ordered = [parse_method("full")] + [s for s in specs.values() if s.kind == "refreekv"]
     ordered += [s for s in specs.values() if s.kind in {"fixed", "matched", "oracle"}]
+    ordered += [s for s in specs.values() if s.kind == "matched-set"]  # last: they need every sample's paper run
     return ordered

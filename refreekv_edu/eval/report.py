@@ -49,13 +49,14 @@ class SummaryRow:
     decide_s: float
     decode_s: float
     prompt_tokens: float
-    #: 95% bootstrap intervals (percentile, over samples) of ``score_mean``, ``keeps_full``, ``exact_match_full``,
-    #: ``token_agreement`` and ``kv_kept``, keyed by those names.
+    #: 95% bootstrap intervals (percentile, over samples) of every mean and rate, keyed by the field name:
+    #: ``score_mean``, ``keeps_full``, ``exact_match_full``, ``token_agreement``, ``first_token_kl``, ``kv_kept``,
+    #: ``mean_budget``, ``needle_kept``, ``prefill_s``, ``decide_s``, ``decode_s``.
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (deterministic for a seed; NaN for no values).
+    """Percentile bootstrap interval of the mean of ``values`` ``(n,)`` (deterministic for a seed; NaN for no values).
 
     Example:
         >>> bootstrap_interval([1.0, 1.0, 1.0])
@@ -107,6 +108,10 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[SummaryRow]:
                 "exact_match_full": bootstrap_interval([r["exact_match_full"] for r in rs]),
                 "token_agreement": bootstrap_interval([r["token_agreement"] for r in rs]),
                 "kv_kept": bootstrap_interval([r["kv_kept"] for r in rs]),
+                "first_token_kl": bootstrap_interval(kls),
+                "mean_budget": bootstrap_interval([r["mean_budget"] for r in rs]),
+                "needle_kept": bootstrap_interval([r.get("needle_kept") for r in rs]),
+                **{k: bootstrap_interval([r.get(k, 0.0) for r in rs]) for k in ("prefill_s", "decide_s", "decode_s")},
             }
             needles = [r["needle_kept"] for r in rs if r.get("needle_kept") is not None]
             rows.append(SummaryRow(
@@ -124,10 +129,10 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[SummaryRow]:
                 kv_kept=float(np.mean([r["kv_kept"] for r in rs])),
                 needle_kept=float(np.mean(needles)) if needles else None,
                 mean_budget=float(np.mean([r["mean_budget"] for r in rs])),
-                prefill_s=float(np.mean([r["prefill_s"] for r in rs])),
-                decide_s=float(np.mean([r["decide_s"] for r in rs])),
-                decode_s=float(np.mean([r["decode_s"] for r in rs])),
-                prompt_tokens=float(np.mean([r["prompt_tokens"] for r in rs])),
+                prefill_s=float(np.mean([r.get("prefill_s", 0.0) for r in rs])),
+                decide_s=float(np.mean([r.get("decide_s", 0.0) for r in rs])),
+                decode_s=float(np.mean([r.get("decode_s", 0.0) for r in rs])),
+                prompt_tokens=float(np.mean([r.get("prompt_tokens", 0) for r in rs])),
                 intervals=intervals,
             ))
     return rows
@@ -139,26 +144,38 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return format(x, spec)
 
 
-def _interval_cell(row: SummaryRow) -> str:
-    def pair(name: str, scale: float, spec: str, unit: str = "") -> str:
-        lo, hi = row.intervals.get(name, (float("nan"), float("nan")))
-        return f"{_fmt(scale * lo, spec)}-{_fmt(scale * hi, spec)}{unit}" if np.isfinite(lo) else "-"
-
-    return "; ".join([pair("score_mean", 1, ".2f"), pair("keeps_full", 100, ".0f", "%"), pair("exact_match_full", 100, ".0f", "%")])
+def _ci(row: SummaryRow, name: str, value: float | None, spec: str = ".2f", scale: float = 1.0, unit: str = "") -> str:
+    """``value [lo, hi]`` with the row's 95% interval of ``name`` (``-`` for a missing value)."""
+    if value is None or not np.isfinite(value):
+        return "-"
+    lo, hi = row.intervals.get(name, (float("nan"), float("nan")))
+    cell = f"{_fmt(scale * value, spec)}{unit}"
+    if np.isfinite(lo) and np.isfinite(hi):
+        cell += f" [{_fmt(scale * lo, spec)}, {_fmt(scale * hi, spec)}]"
+    return cell
 
 
 def markdown_table(rows: Sequence[SummaryRow]) -> str:
-    """The summary as a GitHub markdown table (one line per task x length x method)."""
-    head = ("| task | L (tok) | method | n | score mean | score worst | keeps full | token agree | exact = full "
-            "| KL 1st tok | KV kept | needle kept | prefill s | decide s | decode s | 95% CI: score; keeps full; exact = full |")
-    lines = [head, "|" + "---|" * 16]
+    """Quality and memory per task x length x method; every mean and rate with its 95% bootstrap interval."""
+    head = ("| task | L (tok) | method | n | score mean | score worst | keeps full | exact = full | token agree "
+            "| KL 1st tok | KV kept | needle kept |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         lines.append(
-            f"| {r.task} | {r.prompt_tokens:.0f} | {r.method} | {r.n} | {_fmt(r.score_mean)} | {_fmt(r.score_worst)} "
-            f"| {_fmt(100 * r.keeps_full, '.0f')}% | {_fmt(r.token_agreement)} | {_fmt(100 * r.exact_match_full, '.0f')}% "
-            f"| {_fmt(r.first_token_kl, '.4f')} | {_fmt(100 * r.kv_kept, '.1f')}% | {_fmt(r.needle_kept, '.2f')} | {_fmt(r.prefill_s, '.2f')} "
-            f"| {_fmt(r.decide_s, '.3f')} | {_fmt(r.decode_s, '.2f')} | {_interval_cell(r)} |"
+            f"| {r.task} | {r.prompt_tokens:.0f} | {r.method} | {r.n} | {_ci(r, 'score_mean', r.score_mean)} | {_fmt(r.score_worst, '.2f')} "
+            f"| {_ci(r, 'keeps_full', r.keeps_full, '.0f', 100, '%')} | {_ci(r, 'exact_match_full', r.exact_match_full, '.0f', 100, '%')} "
+            f"| {_ci(r, 'token_agreement', r.token_agreement)} | {_ci(r, 'first_token_kl', r.first_token_kl, '.3f')} "
+            f"| {_ci(r, 'kv_kept', r.kv_kept, '.1f', 100, '%')} | {_ci(r, 'needle_kept', r.needle_kept)} |"
         )
+    return "\n".join(lines)
+
+
+def timing_table(rows: Sequence[SummaryRow]) -> str:
+    """Seconds per record (prefill, decide + compaction, decode), means with 95% bootstrap intervals."""
+    lines = ["| task | L (tok) | method | n | prefill s | decide s | decode s |", "|" + "---|" * 7]
+    for r in rows:
+        lines.append(f"| {r.task} | {r.prompt_tokens:.0f} | {r.method} | {r.n} | {_ci(r, 'prefill_s', r.prefill_s)} "
+                     f"| {_ci(r, 'decide_s', r.decide_s, '.3f')} | {_ci(r, 'decode_s', r.decode_s)} |")
     return "\n".join(lines)
 
 
@@ -167,45 +184,242 @@ def task_label(task: str, length: int) -> str:
     return f"{task} @{length}" if length else task
 
 
-def findings(rows: Sequence[SummaryRow]) -> list[str]:
-    """Plain statements computed from the summary (no hand-written claims)."""
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _pct(x: float | None, spec: str = ".0f") -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{format(100 * x, spec)}%"
+
+
+def _pct_ci(x: float, ci: tuple[float, float], spec: str = ".0f") -> str:
+    return f"{_pct(x, spec)} [{_pct(ci[0], spec)}, {_pct(ci[1], spec)}]"
+
+
+def _by_sample(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in records:
+        out[r["sample_id"]][r["method"]] = r
+    return out
+
+
+def _keeps(rec: dict[str, Any], full: dict[str, Any]) -> float:
+    return float(rec["score"] >= full["score"] - KEEP_TOLERANCE)
+
+
+@dataclass
+class PairedComparison:
+    """The paper preset against one baseline on the samples where both (and the full cache) ran.
+
+    ``*_keeps`` are the shares of samples whose task score is at least the full cache's, ``*_exact`` the shares
+    whose greedy output equals it; ``diff_*`` = paper minus baseline, with a paired 95% bootstrap interval;
+    ``only_paper`` / ``only_baseline``: samples where only that one kept the full cache's score.
+    """
+
+    baseline: str
+    group: str
+    n: int
+    paper_keeps: float
+    base_keeps: float
+    diff_keeps: float
+    diff_keeps_ci: tuple[float, float]
+    paper_exact: float
+    base_exact: float
+    diff_exact: float
+    diff_exact_ci: tuple[float, float]
+    only_paper: int
+    only_baseline: int
+    paper_budget: float
+    base_budget: float
+
+
+def paired_comparisons(records: Sequence[dict[str, Any]], baseline: str, paper: str = "paper") -> list[PairedComparison]:
+    """:class:`PairedComparison` of ``paper`` vs ``baseline`` per task/length group and over all samples ("all")."""
+    groups: dict[str, list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    for methods in _by_sample(records).values():
+        if {"full", paper, baseline} <= set(methods):
+            p, b, f = methods[paper], methods[baseline], methods["full"]
+            groups[task_label(p["task"], int(p.get("length") or 0))].append((p, b, f))
+            groups["all"].append((p, b, f))
     out = []
+    for group in sorted(groups, key=lambda g: (g == "all", g)):
+        triples = groups[group]
+        pk = np.array([_keeps(p, f) for p, _, f in triples])
+        bk = np.array([_keeps(b, f) for _, b, f in triples])
+        pe = np.array([float(p["exact_match_full"]) for p, _, _ in triples])
+        be = np.array([float(b["exact_match_full"]) for _, b, _ in triples])
+        out.append(PairedComparison(
+            baseline=baseline, group=group, n=len(triples), paper_keeps=float(pk.mean()), base_keeps=float(bk.mean()),
+            diff_keeps=float((pk - bk).mean()), diff_keeps_ci=bootstrap_interval(pk - bk),
+            paper_exact=float(pe.mean()), base_exact=float(be.mean()), diff_exact=float((pe - be).mean()),
+            diff_exact_ci=bootstrap_interval(pe - be), only_paper=int(((pk == 1) & (bk == 0)).sum()),
+            only_baseline=int(((pk == 0) & (bk == 1)).sum()),
+            paper_budget=float(np.mean([p["mean_budget"] for p, _, _ in triples])),
+            base_budget=float(np.mean([b["mean_budget"] for _, b, _ in triples])),
+        ))
+    return out
+
+
+def _verdict(diff: float, ci: tuple[float, float]) -> str:
+    if ci[0] > 0:
+        return "the paper preset is better (the interval excludes 0)"
+    if ci[1] < 0:
+        return "the fixed budget is better (the interval excludes 0)"
+    return "no difference this sample size can detect (the interval includes 0)"
+
+
+@dataclass
+class OracleComparison:
+    """The paper preset's chosen budget against the oracle budget (``<ranking>@oracle``), per group.
+
+    ``gap`` = paper's mean budget minus the oracle's (share of the prompt's rows kept, averaged over layers; > 0:
+    the paper keeps more than the input needed), with a 95% bootstrap interval. The oracle is known only to the
+    search's resolution: the paper's budget, spread uniformly over the pruned layers, is *above* the oracle when it
+    exceeds the smallest reproducing probe, *below* when it is under the largest failing probe, *inside* otherwise.
+    ``below_but_same``: samples where the paper kept less than the oracle and still reproduced the full cache's
+    output (its per-layer budgets did better than any uniform budget that small).
+    """
+
+    oracle: str
+    group: str
+    n: int
+    gap: float
+    gap_ci: tuple[float, float]
+    above: float
+    below: float
+    inside: float
+    paper_budget: float
+    oracle_budget: float
+    paper_exact: float
+    below_but_same: int
+    gap_when_same: float | None
+
+
+def oracle_comparisons(records: Sequence[dict[str, Any]], oracle: str, paper: str = "paper") -> list[OracleComparison]:
+    """:class:`OracleComparison` per task/length group and over all samples ("all")."""
+    from .methods import matched_budget
+
+    rows: dict[str, list[tuple[float, str, float, float, float]]] = defaultdict(list)
+    for methods in _by_sample(records).values():
+        if not {paper, oracle} <= set(methods):
+            continue
+        p, o = methods[paper], methods[oracle]
+        layers = p.get("layer_budgets") or []
+        per_layer = matched_budget(p["mean_budget"], len(layers), len(p.get("full_layers", []))) if layers else 1.0
+        probes = o.get("oracle_probes") or []
+        hi = float(o.get("budget_target") or 1.0)
+        lo = max([b for b, same in probes if not same], default=0.0)
+        where = "above" if per_layer > hi + 1e-9 else ("below" if per_layer < lo - 1e-9 else "inside")
+        row = (p["mean_budget"] - o["mean_budget"], where, p["mean_budget"], o["mean_budget"], float(p["exact_match_full"]))
+        rows[task_label(p["task"], int(p.get("length") or 0))].append(row)
+        rows["all"].append(row)
+    out = []
+    for group in sorted(rows, key=lambda g: (g == "all", g)):
+        rs = rows[group]
+        gaps = np.array([r[0] for r in rs])
+        same = [r for r in rs if r[4] == 1.0]
+        out.append(OracleComparison(
+            oracle=oracle, group=group, n=len(rs), gap=float(gaps.mean()), gap_ci=bootstrap_interval(gaps),
+            above=float(np.mean([r[1] == "above" for r in rs])), below=float(np.mean([r[1] == "below" for r in rs])),
+            inside=float(np.mean([r[1] == "inside" for r in rs])), paper_budget=float(np.mean([r[2] for r in rs])),
+            oracle_budget=float(np.mean([r[3] for r in rs])), paper_exact=float(np.mean([r[4] for r in rs])),
+            below_but_same=sum(r[1] == "below" and r[4] == 1.0 for r in rs),
+            gap_when_same=float(np.mean([r[0] for r in same])) if same else None,
+        ))
+    return out
+
+
+def findings(rows: Sequence[SummaryRow], records: Sequence[dict[str, Any]] | None = None,
+             speed: dict[str, Any] | None = None) -> list[str]:
+    """Plain statements computed from the summary (and, when given, the records and the speed step): where the
+    paper's claim held and where it failed. No hand-written claims: every number and verdict comes from the data."""
+    out: list[str] = []
     by_task: dict[tuple[str, int], dict[str, SummaryRow]] = defaultdict(dict)
     for r in rows:
         by_task[(r.task, r.length)][r.method] = r
-    keeps_all, kv = [], []
-    for (task, length), methods in by_task.items():
-        ref = methods.get("paper")
-        if ref is None:
-            continue
-        keeps_all.append(ref.keeps_full >= 1.0)
-        kv.append(ref.kv_kept)
-        matched = {m: r for m, r in methods.items() if m.endswith("@matched")}
-        worst = min(matched.values(), key=lambda r: r.score_mean, default=None)
-        line = (f"**{task_label(task, length)}**: ReFreeKV (paper) keeps full-cache performance on "
-                f"{_fmt(100 * ref.keeps_full, '.0f')}% of samples (score {_fmt(ref.score_mean)} vs full "
-                f"{_fmt(ref.full_score_mean)}, worst {_fmt(ref.score_worst)}) with {_fmt(100 * ref.kv_kept, '.1f')}% of the KV bytes; "
-                f"token agreement with the full cache {_fmt(ref.token_agreement)}.")
-        if ref.needle_kept is not None:
-            line += f" The asked needle survives whole in {_fmt(100 * ref.needle_kept, '.0f')}% of its (layer, KV head) kept sets."
-        if matched:
-            parts = ", ".join(f"{m.split('@')[0]} {_fmt(r.score_mean)} (keeps full {_fmt(100 * r.keeps_full, '.0f')}%)"
-                              for m, r in sorted(matched.items()))
-            line += f" Fixed budgets at the same average budget: {parts}"
-            if worst is not None and len({round(r.score_mean, 9) for r in matched.values()}) > 1:
-                line += f"; the weakest is {worst.method}."
-            else:
-                line += "."
-        oracles = {m: r for m, r in methods.items() if m.endswith("@oracle")}
-        for m, r in sorted(oracles.items()):
-            gap = 100 * (ref.mean_budget - r.mean_budget)
-            line += (f" Oracle budget ({m.split('@')[0]}: the smallest fixed budget that reproduces the full cache's "
-                     f"output) {_fmt(100 * r.mean_budget, '.1f')}% against the paper's {_fmt(100 * ref.mean_budget, '.1f')}%: "
-                     f"ReFreeKV keeps {_fmt(abs(gap), '.1f')} points {'more' if gap >= 0 else 'less'}.")
-        out.append(line)
-    if keeps_all:
-        out.insert(0, f"ReFreeKV (the paper preset) matches the full cache's score on every sample in {sum(keeps_all)} of {len(keeps_all)} "
-                      f"task/length groups, keeping {_fmt(100 * float(np.mean(kv)), '.1f')}% of the KV bytes on average.")
+    papers = {k: m["paper"] for k, m in by_task.items() if "paper" in m}
+    if papers:
+        held = [task_label(*k) for k, r in papers.items() if r.keeps_full >= 1.0]
+        failed = [(task_label(*k), r) for k, r in papers.items() if r.keeps_full < 1.0]
+        kv = float(np.mean([r.kv_kept for r in papers.values()]))
+        out.append(f"**Full-cache performance** (the paper preset's task score at least the full cache's on every sample) "
+                   f"held in {len(held)} of {len(papers)} task/length groups"
+                   + (f" ({', '.join(held)})" if held else "") + f", keeping {_fmt(100 * kv, '.1f')}% of the KV bytes on "
+                   "average over the groups. The full cache's own mean score, the bar it is held to: "
+                   + ", ".join(f"{task_label(*k)} {_fmt(r.full_score_mean, '.2f')}" for k, r in sorted(papers.items())) + ".")
+        for label, r in sorted(failed, key=lambda x: x[1].keeps_full):
+            lost = round(r.n * (1 - r.keeps_full))
+            out.append(f"**Failed on {label}**: the paper preset lost the full cache's score on {lost} of {r.n} samples "
+                       f"(keeps full {_ci(r, 'keeps_full', r.keeps_full, '.0f', 100, '%')}; score {_fmt(r.score_mean, '.2f')} vs "
+                       f"full {_fmt(r.full_score_mean, '.2f')}), with {_fmt(100 * r.kv_kept, '.1f')}% of the KV bytes; output "
+                       f"identical to the full cache's on {_ci(r, 'exact_match_full', r.exact_match_full, '.0f', 100, '%')}.")
+        budgets = sorted(((r.mean_budget, task_label(*k)) for k, r in papers.items()))
+        if len(budgets) > 1:
+            out.append(f"**Adaptive budget**: the paper preset's mean budget ranged from {_fmt(100 * budgets[0][0], '.1f')}% "
+                       f"({budgets[0][1]}) to {_fmt(100 * budgets[-1][0], '.1f')}% ({budgets[-1][1]}) across task groups "
+                       f"(one threshold, T = {PRESETS['paper']['threshold']:g}).")
+    if records:
+        all_paper = [r for r in records if r["method"] == "paper"]
+        if all_paper:
+            b = np.array([r["mean_budget"] for r in all_paper])
+            exact = np.array([r["exact_match_full"] for r in all_paper], dtype=float)
+            out.append(f"Over all {len(all_paper)} samples the paper preset's budget per sample spans "
+                       f"{_fmt(100 * b.min(), '.1f')}%-{_fmt(100 * b.max(), '.1f')}% (mean {_fmt(100 * b.mean(), '.1f')}%); "
+                       f"its greedy output equals the full cache's on {_pct_ci(exact.mean(), bootstrap_interval(exact))} of them.")
+        baselines = sorted({r["method"] for r in records if r["method"].endswith(("@matched", "@matched-set"))})
+        for base in baselines:
+            comps = {c.group: c for c in paired_comparisons(records, base)}
+            c = comps.get("all")
+            if c is None:
+                continue
+            kind = "one budget for the whole set" if base.endswith("@matched-set") else "the same budget per sample"
+            line = (f"**Fixed budget at the same mean, {base}** ({kind}; mean budget {_fmt(100 * c.base_budget, '.1f')}% vs the "
+                    f"paper's {_fmt(100 * c.paper_budget, '.1f')}%): keeps the full score on {_pct(c.base_keeps)} of {c.n} samples "
+                    f"vs the paper's {_pct(c.paper_keeps)}; paired difference (paper minus fixed) "
+                    f"{_fmt(100 * c.diff_keeps, '+.0f')} points [{_fmt(100 * c.diff_keeps_ci[0], '+.0f')}, "
+                    f"{_fmt(100 * c.diff_keeps_ci[1], '+.0f')}]: {_verdict(c.diff_keeps, c.diff_keeps_ci)}. "
+                    f"Only the paper kept it on {_n(c.only_paper, 'sample')}, only the fixed budget on {_n(c.only_baseline, 'sample')}. "
+                    f"Identical output: {_pct(c.paper_exact)} vs {_pct(c.base_exact)} (difference "
+                    f"{_fmt(100 * c.diff_exact, '+.0f')} points [{_fmt(100 * c.diff_exact_ci[0], '+.0f')}, "
+                    f"{_fmt(100 * c.diff_exact_ci[1], '+.0f')}]).")
+            worse = [g for g, x in comps.items() if g != "all" and x.diff_keeps_ci[1] < 0]
+            better = [g for g, x in comps.items() if g != "all" and x.diff_keeps_ci[0] > 0]
+            if better:
+                line += f" The paper is better in: {', '.join(better)}."
+            if worse:
+                line += f" The fixed budget is better in: {', '.join(worse)}."
+            out.append(line)
+        oracles = sorted({r["method"] for r in records if r["method"].endswith("@oracle")})
+        for name in oracles:
+            comps = {c.group: c for c in oracle_comparisons(records, name)}
+            c = comps.get("all")
+            if c is None:
+                continue
+            out.append(f"**Oracle budget ({name})**: the paper's chosen budget sits above the smallest uniform fixed budget "
+                       f"that reproduces the full cache's output on {_pct(c.above)} of {c.n} samples, below it on "
+                       f"{_pct(c.below)}, within the search's resolution on {_pct(c.inside)}; mean gap "
+                       f"{_fmt(100 * c.gap, '+.1f')} points of budget [{_fmt(100 * c.gap_ci[0], '+.1f')}, "
+                       f"{_fmt(100 * c.gap_ci[1], '+.1f')}] (paper {_fmt(100 * c.paper_budget, '.1f')}%, oracle "
+                       f"{_fmt(100 * c.oracle_budget, '.1f')}%). On {_n(c.below_but_same, 'sample')} the paper kept less than the "
+                       "oracle and still reproduced the output."
+                       + "".join(f" It keeps {word} than the input needed in: " + ", ".join(
+                           f"{g} ({_fmt(100 * x.gap, '+.1f')} [{_fmt(100 * x.gap_ci[0], '+.1f')}, {_fmt(100 * x.gap_ci[1], '+.1f')}])"
+                           for g, x in comps.items() if g != "all" and test(x)) + "."
+                           for word, test in (("more", lambda x: x.gap_ci[0] > 0), ("less", lambda x: x.gap_ci[1] < 0))
+                           if any(g != "all" and test(x) for g, x in comps.items())))
+        pts = sweep_points(records).get("paper")
+        if pts and len(pts) > 1:
+            (t0, b0, e0), (t1, b1, e1) = pts[0], pts[-1]
+            best = max(pts, key=lambda p: (p[2], -p[1]))
+            out.append(f"**Threshold sweep (paper preset)**: from T = {100 * t0:g}% to T = {100 * t1:g}% the mean budget goes "
+                       f"from {_fmt(100 * b0, '.1f')}% to {_fmt(100 * b1, '.1f')}% and identical outputs from {_pct(e0)} to "
+                       f"{_pct(e1)}; the highest fidelity, {_pct(best[2])}, comes at T = {100 * best[0]:g}% "
+                       f"(budget {_fmt(100 * best[1], '.1f')}%)"
+                       + ("; no threshold reproduced the full cache on every sample." if best[2] < 1.0 else "."))
+    if speed and speed.get("decode_speed_ratio"):
+        ratio = speed["decode_speed_ratio"]
+        out.append(f"**Decode speed**: {speed_line(speed)} ({'faster' if ratio > 1 else 'not faster'} than the full cache"
+                   f"{'' if speed.get('same_tokens') is None else '; same greedy tokens' if speed.get('same_tokens') else '; different greedy tokens'}).")
     return out
 
 
@@ -231,13 +445,17 @@ def plot_score_vs_budget(records: Sequence[dict[str, Any]], path: Path) -> Path:
     for ax, (task, length) in zip(axes.flat, groups):
         mine = [r for r in rows if (r.task, r.length) == (task, length)]
         for ranking, color in colors.items():
-            pts = sorted((100 * r.kv_kept, r.score_mean) for r in mine if r.method.startswith(ranking + "@"))
-            if pts:
+            pts = sorted((100 * r.kv_kept, r.score_mean) for r in mine
+                         if r.method.startswith(ranking + "@") and r.method.split("@")[1][:1].isdigit())
+            if pts:  # numeric fixed budgets only; matched/oracle get their own markers
                 ax.plot(*zip(*pts), "o-", color=color, label=f"fixed {ranking}", alpha=0.8)
+            marks = {"matched": ("s", "at the paper's budget (per sample)"), "matched-set": ("^", "at the paper's mean over the set"),
+                     "oracle": ("x", "oracle budget")}
             for r in mine:
-                if r.method == f"{ranking}@matched":
-                    ax.plot(100 * r.kv_kept, r.score_mean, "s", color=color, markersize=9, markerfacecolor="none",
-                            label=f"{ranking} at ReFreeKV's budget")
+                suffix = r.method.split("@")[1] if r.method.startswith(ranking + "@") else ""
+                if suffix in marks:
+                    ax.plot(100 * r.kv_kept, r.score_mean, marks[suffix][0], color=color, markersize=9,
+                            markerfacecolor="none", label=f"{ranking} {marks[suffix][1]}")
         for r in mine:
             if r.method.split("@")[0] in PRESETS:  # the paper preset in red, other presets/thresholds in purple
                 color = "crimson" if r.method == "paper" else "purple"
@@ -340,6 +558,11 @@ def plot_threshold_sweep(records: Sequence[dict[str, Any]], path: Path) -> Path 
         ax.plot([100 * b for b in budgets], [100 * s for s in same], "o-", label=preset)
         for t, b, s in pts:
             ax.annotate(f"{100 * t:g}%", (100 * b, 100 * s), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    baselines = sorted({r["method"] for r in records if r["method"].endswith(("@matched", "@matched-set", "@oracle"))})
+    for name, marker in zip(baselines, "s^xvD<>"):  # fixed budgets for reference, over the same samples
+        rs = [r for r in records if r["method"] == name]
+        ax.plot(100 * np.mean([r["mean_budget"] for r in rs]), 100 * np.mean([r["exact_match_full"] for r in rs]), marker,
+                markersize=9, markerfacecolor="none", label=name)
     ax.set_xlabel("mean budget (% of the prompt's rows kept)")
     ax.set_ylabel("outputs identical to the full cache (%)")
     ax.set_xlim(0, 102)
@@ -416,13 +639,105 @@ def write_summary(records: Sequence[dict[str, Any]], out_dir: str | Path) -> Pat
     """``<out>/summary.md``: the table and the findings."""
     rows = summarize(records)
     path = Path(out_dir) / "summary.md"
-    path.write_text("\n".join(["# Summary", "", markdown_table(rows), "", *[f"- {f}" for f in findings(rows)], ""]))
+    path.write_text("\n".join(["# Summary", "", markdown_table(rows), "", *[f"- {f}" for f in findings(rows, records)], ""]))
     return path
 
 
+def read_speed(path: str | Path) -> dict[str, Any] | None:
+    """``<out>/speed.json`` of the speed step, or ``None`` when there is none (or it is unreadable, with a warning)."""
+    import json
+    import warnings
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        warnings.warn(f"{path}: unreadable speed results ({exc}); left out of the report", UserWarning, stacklevel=2)
+        return None
+    return data if isinstance(data, dict) and "best" in data else None
+
+
+def speed_line(speed: dict[str, Any]) -> str:
+    """One sentence: decode tokens/s of the paper preset and the full cache at the speed step's length, and the ratio."""
+    best, st = speed.get("best", {}), speed.get("settings", {})
+    full, paper = best.get("full", {}), best.get("paper", {})
+    ratio = speed.get("decode_speed_ratio")
+    return (f"at L = {full.get('prompt_tokens', st.get('length', '?'))} tokens, {full.get('new_tokens', '?')} decode steps: "
+            f"full cache {_fmt(full.get('decode_tok_s'), '.1f')} tok/s, paper preset {_fmt(paper.get('decode_tok_s'), '.1f')} "
+            f"tok/s with {_fmt(100 * paper.get('kv_bytes_kept', 0) / max(1, paper.get('kv_bytes_full', 1)), '.1f')}% of the KV "
+            f"bytes: decode speed ratio compressed/full = {_fmt(ratio, '.2f')}")
+
+
+def oracle_table(records: Sequence[dict[str, Any]]) -> str:
+    """Per oracle method and group: the paper's budget against the oracle's (see :class:`OracleComparison`)."""
+    lines = ["| oracle | group | n | paper budget | oracle budget | gap (paper - oracle) | paper above | paper below "
+             "| within resolution | paper output = full | below and still = full |", "|" + "---|" * 11]
+    for name in sorted({r["method"] for r in records if r["method"].endswith("@oracle")}):
+        for c in oracle_comparisons(records, name):
+            lines.append(f"| {name} | {c.group} | {c.n} | {_pct(c.paper_budget, '.1f')} | {_pct(c.oracle_budget, '.1f')} "
+                         f"| {_fmt(100 * c.gap, '+.1f')} [{_fmt(100 * c.gap_ci[0], '+.1f')}, {_fmt(100 * c.gap_ci[1], '+.1f')}] pts "
+                         f"| {_pct(c.above)} | {_pct(c.below)} | {_pct(c.inside)} | {_pct(c.paper_exact)} | {c.below_but_same} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def matched_table(records: Sequence[dict[str, Any]]) -> str:
+    """Per matched baseline and group: the paper vs the fixed budget at the same mean, paired over samples."""
+    lines = ["| fixed budget | group | n | budget paper / fixed | keeps full: paper / fixed | difference [95% CI] "
+             "| only paper / only fixed | exact = full: paper / fixed | difference [95% CI] |", "|" + "---|" * 9]
+    for base in sorted({r["method"] for r in records if r["method"].endswith(("@matched", "@matched-set"))}):
+        for c in paired_comparisons(records, base):
+            lines.append(f"| {base} | {c.group} | {c.n} | {_pct(c.paper_budget, '.1f')} / {_pct(c.base_budget, '.1f')} "
+                         f"| {_pct(c.paper_keeps)} / {_pct(c.base_keeps)} | {_fmt(100 * c.diff_keeps, '+.0f')} "
+                         f"[{_fmt(100 * c.diff_keeps_ci[0], '+.0f')}, {_fmt(100 * c.diff_keeps_ci[1], '+.0f')}] pts "
+                         f"| {c.only_paper} / {c.only_baseline} | {_pct(c.paper_exact)} / {_pct(c.base_exact)} "
+                         f"| {_fmt(100 * c.diff_exact, '+.0f')} [{_fmt(100 * c.diff_exact_ci[0], '+.0f')}, "
+                         f"{_fmt(100 * c.diff_exact_ci[1], '+.0f')}] pts |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def sweep_table(records: Sequence[dict[str, Any]]) -> str:
+    """Per preset and threshold: mean budget and identical-output rate over all samples, with 95% intervals."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        preset = r["method"].split("@")[0]
+        if preset in PRESETS and r.get("threshold") is not None:
+            groups[(preset, float(r["threshold"]))].append(r)
+    if len({p for p, _ in groups}) == len(groups):  # no preset at two thresholds
+        return ""
+    lines = ["| preset | T | n | mean budget | KV kept | exact = full | keeps full | token agree |", "|" + "---|" * 8]
+    full = {r["sample_id"]: r for r in records if r["method"] == "full"}
+    for (preset, t), rs in sorted(groups.items()):
+        b = [r["mean_budget"] for r in rs]
+        kv = [r["kv_kept"] for r in rs]
+        ex = [r["exact_match_full"] for r in rs]
+        keep = [_keeps(r, full[r["sample_id"]]) for r in rs if r["sample_id"] in full]
+        ta = [r["token_agreement"] for r in rs]
+        lines.append(f"| {preset} | {100 * t:g}% | {len(rs)} | {_pct_ci(np.mean(b), bootstrap_interval(b), '.1f')} "
+                     f"| {_pct_ci(np.mean(kv), bootstrap_interval(kv), '.1f')} | {_pct_ci(np.mean(ex), bootstrap_interval(ex))} "
+                     f"| {_pct_ci(np.mean(keep), bootstrap_interval(keep)) if keep else '-'} "
+                     f"| {_fmt(np.mean(ta), '.2f')} [{_fmt(bootstrap_interval(ta)[0], '.2f')}, {_fmt(bootstrap_interval(ta)[1], '.2f')}] |")
+    return "\n".join(lines)
+
+
+def speed_table(speed: dict[str, Any]) -> str:
+    """The speed step's kept runs: stage seconds, decode tokens/s, KV bytes and memory."""
+    lines = ["| method | L (tok) | decode steps | prefill s | decide s | decode s | decode tok/s | KV held | RSS peak above start "
+             "| process max RSS |", "|" + "---|" * 10]
+    for name, r in speed.get("best", {}).items():
+        mb = r.get("kv_bytes_kept", 0) / 2**20
+        lines.append(f"| {name} | {r.get('prompt_tokens')} | {r.get('new_tokens')} | {_fmt(r.get('prefill_s'), '.2f')} "
+                     f"| {_fmt(r.get('decide_s'), '.3f')} | {_fmt(r.get('decode_s'), '.2f')} | {_fmt(r.get('decode_tok_s'), '.1f')} "
+                     f"| {mb:.1f} MiB ({_pct(r.get('kv_bytes_kept', 0) / max(1, r.get('kv_bytes_full', 1)), '.1f')}) "
+                     f"| {_fmt(r.get('rss_peak_delta_mb'), '.0f')} MiB | {_fmt(r.get('maxrss_mb'), '.0f')} MiB |")
+    return "\n".join(lines)
+
+
 def write_results_md(records: Sequence[dict[str, Any]], run_info: dict[str, Any], path: str | Path,
-                     plots_dir: str | Path | None = None) -> Path:
-    """Write ``docs/results.md``: command line, machine, versions, the table, computed findings, plots.
+                     plots_dir: str | Path | None = None, speed: dict[str, Any] | None = None) -> Path:
+    """Write ``docs/results.md``: the command first, then computed findings, the comparison tables, the threshold
+    sweep, the oracle budgets, the speed step, the full table with intervals, machine and versions, plots.
 
     Plots go to ``plots_dir`` (default ``<path's folder>/assets/results``) and are linked relatively.
     """
@@ -436,54 +751,109 @@ def write_results_md(records: Sequence[dict[str, Any]], run_info: dict[str, Any]
     argv = run_info.get("argv") or []
     cmd = "refreekv-edu " + shlex.join(argv[1:]) if argv and Path(argv[0]).name == "refreekv-edu" else shlex.join(argv)
     total_s = sum(r.get("wall_s", 0.0) for r in records)
+    n_samples = len({r["sample_id"] for r in records})
+    per_group = defaultdict(set)
+    for r in records:
+        per_group[task_label(r["task"], int(r.get("length") or 0))].add(r["sample_id"])
+    sweep_png = next((p for p in plots if p.stem == "threshold_sweep"), None)
+
+    def img(p: Path) -> str:
+        return f"![{p.stem.replace('_', ' ')}]({os.path.relpath(p, path.parent)})"
+
     lines = [
         "# Results",
         "",
         "<!-- Generated by `refreekv-edu eval`; do not edit by hand. Rerun the command below to regenerate. -->",
         "",
-        "Measured on the bundled model unless the command says otherwise. Every compressed run is compared "
-        "with the full-cache run of the same prompt (greedy decoding).",
-        "",
-        "## How this was produced",
+        "Generated by this one command (from the repository root; it resumes from its `--out` folder, so on a finished "
+        "run it only rebuilds this page and its plots):",
         "",
         "```bash",
         cmd,
         "```",
+        "",
+        f"{len(records)} generations on {n_samples} samples ("
+        + ", ".join(f"{g}: {len(ids)}" for g, ids in sorted(per_group.items())) + "). Every compressed run is compared with "
+        "the full-cache run of the same prompt (greedy decoding). Brackets are 95% percentile-bootstrap intervals over "
+        "samples (2000 resamples, seed 0); comparisons between methods are paired by sample.",
+        "",
+        "## Findings (computed from the tables below)",
+        "",
+        *[f"- {f}" for f in findings(rows, records, speed)],
+        "",
+    ]
+    mt = matched_table(records)
+    if mt:
+        lines += ["## ReFreeKV against fixed budgets at the same mean", "",
+                  "`<ranking>@matched` keeps the same share in every pruned layer (sinks and layers 0-1 kept, like the "
+                  "paper) so that its mean over layers equals the budget the paper preset chose **on that sample**; "
+                  "`<ranking>@matched-set` uses **one** budget for every sample: the paper preset's mean budget over the "
+                  "whole run. *keeps full*: task score at least the full cache's; *only paper / only fixed*: samples where "
+                  "just one of the two kept it.", "", mt, ""]
+    ot = oracle_table(records)
+    if ot:
+        lines += ["## The paper's budget against the oracle budget", "",
+                  "The oracle budget of a sample is the smallest uniform fixed budget (same ranking, sinks and full layers) "
+                  "whose greedy output equals the full cache's, found by binary search "
+                  f"(resolution {_fmt(cfg.get('oracle_tolerance'), '.4g')} of a layer's rows; it assumes that more budget "
+                  "never breaks an output a smaller one kept). Budgets are shares of the prompt's rows, averaged over all "
+                  "layers; *above*/*below* compare the paper's budget, spread uniformly over the pruned layers, with the "
+                  "search's bracket.", "", ot, ""]
+    st = sweep_table(records)
+    if st or sweep_png:
+        lines += ["## Threshold sweep", "", "Mean budget against fidelity at T = 0.1%..10% (the paper's Figures 2-3).", ""]
+        if sweep_png:
+            lines += [img(sweep_png), ""]
+        if st:
+            lines += [st, ""]
+    if speed:
+        lines += ["## Speed and memory at a long prompt", "",
+                  f"Decode speed, {speed_line(speed)}. Full cache and paper preset ran interleaved in one process "
+                  f"({speed.get('settings', {}).get('repeats', '?')} runs each; the fastest decode kept; torch threads "
+                  f"{speed.get('torch_threads', '-')}; load average {speed.get('load_average', '-')}). *KV held*: bytes of "
+                  "the prompt's K/V after compaction. *RSS peak above start*: highest resident memory during the call "
+                  "(sampled every 5 ms) minus the resident memory before it; it is dominated by the prefill's attention, "
+                  "which both methods share, and memory the allocator kept from earlier runs is not counted again. "
+                  "*process max RSS*: `getrusage` peak of the process so far (weights included).", "", speed_table(speed), ""]
+    lines += [
+        "## Summary per task x method",
+        "",
+        "*score* is the task metric (passkey/needles: answer found; continuation: ROUGE-L against the true text; "
+        "short and reading: answer found; repeat: share of the output that continues the copied text word for word); "
+        "*keeps full* is the share of samples whose score is at least the full cache's; "
+        "*exact = full* the share of greedy outputs identical to the full cache's; "
+        "*token agree* the share of the full cache's greedy tokens reproduced at the same positions; *KL 1st tok* is "
+        "KL(full || method) in nats of the first decode step that reads the compressed cache; *KV kept* is bytes of "
+        "prompt K/V held after compaction; *needle kept* is the share of the pruned layers' (layer, KV head) kept sets "
+        "that still hold every token of the asked needle.",
+        "",
+        markdown_table(rows),
+        "",
+        "### Seconds per record",
+        "",
+        "Wall-clock stages of each generation on a shared machine: comparable within this run only.",
+        "",
+        timing_table(rows),
+        "",
+        "## Plots",
+        "",
+    ]
+    for p in plots:
+        if p != sweep_png:
+            lines += [img(p), ""]
+    lines += [
+        "## Machine and versions",
         "",
         f"- date: {env.get('date_utc', '-')}",
         f"- machine: {env.get('machine', '-')}" + (f"; load average {env['load_average']} when the run started" if "load_average" in env else ""),
         f"- python {env.get('python', '-')}; " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()),
         f"- backend: {env.get('backend', '-')}",
         f"- model: `{cfg.get('model', '-')}` on backend `{cfg.get('backend', '-')}` ({env.get('model_class', '-')}), "
-        f"window {cfg.get('window', '-')}, gqa `{cfg.get('gqa', '-')}`, seed {cfg.get('seed', '-')}, haystack `{cfg.get('haystack', '-')}`",
-        f"- {len(records)} generations, {total_s / 60:.1f} minutes of generation time in all (runs resume, so records may "
-        "come from earlier invocations, on a machine shared with other jobs: timings here are indicative only; "
-        "`bench/e2e_throughput.py` measures speed side by side)",
-        "",
-        "## Findings (computed from the table)",
-        "",
-        *[f"- {f}" for f in findings(rows)],
-        "",
-        "## Summary per task x method",
-        "",
-        "Columns: *score* is the task metric (passkey/needles: answer found; continuation: ROUGE-L against the true text; "
-        "short and reading: answer found; repeat: share of the output that continues the copied text word for word); "
-        "*keeps full* is the share of samples whose score is at least the full cache's; "
-        "*token agree* is the share of the full cache's greedy tokens reproduced at the same positions; "
-        "*exact = full* the share of outputs identical to the full cache's; *KL 1st tok* is KL(full || method) of the "
-        "first decode step that reads the compressed cache; *KV kept* is bytes of prompt K/V held after compaction; "
-        "*needle kept* is the share of the pruned layers' (layer, KV head) kept sets that still hold every token of the "
-        "asked needle. "
-        "`<ranking>@matched` keeps the same share in every pruned layer (sinks and layers 0-1 kept, like the paper), "
-        "so that its mean over layers equals the budget the paper preset chose on that sample.",
-        "",
-        markdown_table(rows),
-        "",
-        "## Plots",
+        f"window {cfg.get('window', '-')}, gqa `{cfg.get('gqa', '-')}`, seed {cfg.get('seed', '-')}, haystack `{cfg.get('haystack', '-')}`"
+        + (f", torch threads {cfg['threads']}" if cfg.get("threads") else ""),
+        f"- {total_s / 60:.1f} minutes of generation time in all (runs resume, so records may come from earlier "
+        "invocations; on a machine shared with other jobs timings are indicative only)",
         "",
     ]
-    for p in plots:
-        rel = os.path.relpath(p, path.parent)
-        lines += [f"![{p.stem.replace('_', ' ')}]({rel})", ""]
     path.write_text("\n".join(lines))
     return path

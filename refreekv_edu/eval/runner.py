@@ -4,7 +4,14 @@ For each sample the full cache runs first: its greedy tokens and first decode lo
 reference for the fidelity metrics, and are kept in ``<out>/refs/`` so a resumed run does not redo
 it. The ReFreeKV presets run next: the ``paper`` preset's average budget (``trace.mean_budget``) sets the
 budget of every ``<ranking>@matched`` baseline on that sample (see :func:`~.methods.matched_budget`). Each finished (sample, method) pair is appended to
-``<out>/samples.jsonl`` at once; a rerun with the same output directory skips the pairs already there.
+``<out>/samples.jsonl`` at once; a rerun with the same output directory skips the pairs already there (a torn
+last line from an interrupted write is cut off first, so the next record starts on a line of its own; lines that
+are not records are skipped with a warning; an unreadable reference in ``refs/`` is rebuilt by running the full
+cache again).
+
+Phase two runs the ``<ranking>@matched-set`` baselines: one budget for every sample, the paper preset's mean
+budget over the whole run, known only once phase one is done. With ``speed_length`` set, the speed step
+(:mod:`.speed`) runs first and writes ``<out>/speed.json``.
 
 The loop only needs ``generate(model, tokenizer, prompt, policy=..., max_new_tokens=...)`` returning a
 :class:`refreekv_edu.GenerationResult`; it defaults to :func:`refreekv_edu.generate`, so it runs on any
@@ -15,9 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 import time
+import warnings
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +38,7 @@ import numpy as np
 from . import metrics
 from .datasets import DATASETS, load_dataset_samples
 from .methods import DEFAULT_METHODS, MATCH_PRESET, ORACLE_TOLERANCE, MethodSpec, matched_budget, parse_methods
+from .speed import speed_check
 from .tasks import TASKS, Sample, TokenCounter, make_samples
 
 SAMPLES_FILE = "samples.jsonl"
@@ -54,6 +65,15 @@ class EvalConfig:
         haystack: ``"docs"`` (stdlib docstrings) or ``"procedural"``.
         max_new_tokens: overrides each sample's own decode length when set (an int >= 1).
         progress: tqdm bars.
+        oracle_tolerance: the ``<ranking>@oracle`` binary search stops when the budget interval is this narrow
+            (default :data:`~.methods.ORACLE_TOLERANCE`; ``1/32`` takes one probe fewer per sample).
+        threads: ``torch.set_num_threads(threads)`` before running (``None``: leave torch's default). On a
+            loaded 2-core machine 1 thread is several times faster than 2 (threads spin-waiting on each other).
+        speed_length: when set (e.g. ``4096``), the speed step: a passkey prompt of about this many tokens runs
+            with the full cache and the paper preset side by side (interleaved) before the evaluation, and
+            ``<out>/speed.json`` gets decode tokens/s of each and their ratio (see :mod:`.speed`).
+        speed_new_tokens: decode steps of the speed step (the same for both; end-of-sequence ignored).
+        speed_repeats: runs of each method in the speed step (the fastest decode is kept).
     """
 
     tasks: list[str] = field(default_factory=lambda: ["passkey", "multi_needle", "short", "reading", "continuation", "repeat"])
@@ -70,6 +90,11 @@ class EvalConfig:
     haystack: str = "docs"
     max_new_tokens: int | None = None
     progress: bool = True
+    oracle_tolerance: float = ORACLE_TOLERANCE
+    threads: int | None = None
+    speed_length: int | None = None
+    speed_new_tokens: int = 32
+    speed_repeats: int = 2
 
     def validate(self) -> None:
         """Check the config before any model is loaded; return nothing if it is usable.
@@ -99,7 +124,34 @@ class EvalConfig:
             raise ValueError(f"gqa must be one of {', '.join(GQA_MODES)}, got {self.gqa!r}")
         if self.haystack not in ("docs", "procedural"):
             raise ValueError(f"haystack must be 'docs' or 'procedural', got {self.haystack!r}")
+        if not 0.0 < float(self.oracle_tolerance) < 0.5:
+            raise ValueError(f"oracle_tolerance must lie in (0, 0.5), e.g. 1/64, got {self.oracle_tolerance!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be an int >= 1 (or None: the backend's default), got {self.threads!r}")
+        if self.speed_length is not None and int(self.speed_length) < 64:
+            raise ValueError(f"speed_length must be a token count >= 64 (e.g. 4096), got {self.speed_length!r}")
+        for name in ("speed_new_tokens", "speed_repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         parse_methods(self.methods)  # raises on a bad name
+
+
+def check_writable(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` (and parents) and check that a file can be written there, before any model loads.
+
+    Raises:
+        OSError: with the directory named, when it cannot be created or written.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"cannot write to the output directory {str(out)!r} ({exc.strerror or exc}); choose another --out") from exc
+    return out
 
 
 def token_counter(tokenizer: Any) -> TokenCounter:
@@ -137,18 +189,62 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+#: Keys every record needs for the report; a line without them is skipped with a warning.
+RECORD_KEYS = ("sample_id", "task", "method", "score", "token_agreement", "exact_match_full", "kv_kept", "mean_budget")
+
+
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a ``samples.jsonl`` (a torn last line from an interrupted run is ignored)."""
+    """Records of a ``samples.jsonl``, one per (sample, method): the last line wins when a pair appears twice.
+
+    A torn last line (an interrupted run) is ignored silently; any other line that is not JSON, not a JSON object
+    (``null``, ``[1, 2]``) or lacks a key in :data:`RECORD_KEYS` (``{}``) is skipped with a :class:`UserWarning`
+    naming the file and line, so a damaged file never ends up in a table unnoticed.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
-    return rows
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number < len(lines):
+                warnings.warn(f"{path}:{number}: not JSON, skipped: {line[:60]!r}", UserWarning, stacklevel=2)
+            continue
+        if not isinstance(row, dict) or any(k not in row for k in RECORD_KEYS):
+            missing = "not a JSON object" if not isinstance(row, dict) else f"missing {[k for k in RECORD_KEYS if k not in row]}"
+            warnings.warn(f"{path}:{number}: not an eval record ({missing}), skipped: {line[:60]!r}", UserWarning, stacklevel=2)
+            continue
+        rows.pop((str(row["sample_id"]), str(row["method"])), None)
+        rows[(str(row["sample_id"]), str(row["method"]))] = row
+    return list(rows.values())
+
+
+def repair_torn_tail(path: str | Path) -> bool:
+    """Make ``path`` end with a newline before appending, so a new record is never glued onto a torn last line.
+
+    A last line without its newline that is valid JSON gets the newline; one that is not (an interrupted write)
+    is cut off. Returns whether the file changed.
+    """
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return False
+    start = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[start:].decode("utf-8"))
+        with open(path, "ab") as f:
+            f.write(b"\n")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        warnings.warn(f"{path}: dropped a torn last line from an interrupted run ({len(data) - start} bytes)", UserWarning, stacklevel=2)
+        with open(path, "r+b") as f:
+            f.truncate(start)
+    return True
 
 
 def sample_score(sample: Sample, text: str) -> float:
@@ -192,6 +288,9 @@ class Runner:
     def __init__(self, config: EvalConfig, model: Any = None, tokenizer: Any = None, generate_fn: Callable[..., Any] | None = None):
         config.validate()
         self.config = config
+        self.out = check_writable(config.out_dir)  # before the model loads: a bad --out fails in a second
+        if config.threads is not None:
+            set_threads(config.threads, config.backend)
         if model is None:
             from ..models import load_model
 
@@ -201,8 +300,6 @@ class Runner:
             from ..generate import generate as generate_fn
         self.generate_fn = generate_fn
         self.methods: list[MethodSpec] = parse_methods(config.methods)
-        self.out = Path(config.out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "refs").mkdir(exist_ok=True)
         self.records_path = self.out / SAMPLES_FILE
 
@@ -223,11 +320,16 @@ class Runner:
         path = self._ref_path(sample)
         if not path.exists():
             return None
-        with np.load(path) as data:
-            if str(data["digest"]) != prompt_digest(sample):
-                return None
-            logits = data["first_logits"] if data["first_logits"].size else None
-            return _Reference([int(t) for t in data["tokens"]], logits)
+        try:
+            with np.load(path) as data:
+                if str(data["digest"]) != prompt_digest(sample):
+                    return None
+                logits = data["first_logits"] if data["first_logits"].size else None
+                return _Reference([int(t) for t in data["tokens"]], logits)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            warnings.warn(f"{path}: unreadable full-cache reference ({type(exc).__name__}: {exc}); the full cache runs "
+                          "again to rebuild it", UserWarning, stacklevel=2)
+            return None
 
     def _save_reference(self, sample: Sample, result: Any) -> _Reference:
         logits = np.zeros(0, np.float32) if result.first_logits is None else np.asarray(result.first_logits, np.float32).reshape(-1)
@@ -256,7 +358,7 @@ class Runner:
             "ranking": policy.ranking,
             "policy": repr(policy),
             "threshold": policy.threshold,
-            "budget_target": policy.budget if method.kind in ("fixed", "matched", "oracle") else None,
+            "budget_target": policy.budget if method.kind in ("fixed", "matched", "matched-set", "oracle") else None,
             "digest": prompt_digest(sample),
             "prompt_tokens": int(stats.get("prompt_tokens", 0)),
             "new_tokens": int(stats.get("new_tokens", len(result.tokens))),
@@ -300,15 +402,20 @@ class Runner:
                     f"{self.records_path} already holds sample {sid!r} made from a different prompt (other Python "
                     "version, haystack or model tokenizer?); use a new --out directory"
                 )
+        per_sample = [m for m in self.methods if m.kind != "matched-set"]
+        set_methods = [m for m in self.methods if m.kind == "matched-set"]
+        if self.config.speed_length:  # first, so an interrupted evaluation still has it (reused on resume)
+            self.speed()
         todo = [(s, m) for s in samples for m in self.methods if (s.id, m.name) not in done]
         bar = _progress(len(todo), f"eval {self.out.name}", self.config.progress)
+        repair_torn_tail(self.records_path)
         with open(self.records_path, "a", encoding="utf-8") as sink:
             for sample in samples:
-                if all((sample.id, m.name) in done for m in self.methods):
+                if all((sample.id, m.name) in done for m in per_sample):
                     continue
                 ref = self._load_reference(sample)  # full cache's tokens + logits, saved by an earlier run
                 matched = _matched_from(done.get((sample.id, MATCH_PRESET)))
-                for method in self.methods:  # "full" comes first, then "refreekv", then the baselines
+                for method in per_sample:  # "full" comes first, then "refreekv", then the baselines
                     recorded = (sample.id, method.name) in done
                     rebuild_ref = method.kind == "full" and ref is None  # reference lost: rerun full, record nothing new
                     if recorded and not rebuild_ref:
@@ -339,8 +446,62 @@ class Runner:
                     sink.write(json.dumps(rec) + "\n")
                     sink.flush()
                     bar.update(1)
+            if set_methods:
+                self._run_set(samples, set_methods, done, sink, bar)
         bar.close()
         return [done[(s.id, m.name)] for s in samples for m in self.methods if (s.id, m.name) in done]
+
+    def set_budget(self, samples: list[Sample], done: dict[tuple[str, str], dict[str, Any]]) -> tuple[float, float]:
+        """``(per-pruned-layer budget, mean budget)`` of the ``@matched-set`` baselines: the paper preset's
+        ``mean_budget`` averaged over every sample of the run, spread uniformly over the pruned layers."""
+        papers = [done.get((s.id, MATCH_PRESET)) for s in samples]
+        if any(p is None for p in papers):
+            missing = [s.id for s, p in zip(samples, papers) if p is None][:3]
+            raise RuntimeError(f"the {MATCH_PRESET!r} preset has not run on every sample (e.g. {missing}); "
+                               "@matched-set needs its mean budget over the whole set")
+        mean = float(np.mean([p["mean_budget"] for p in papers]))
+        shaped = next((p for p in papers if p.get("layer_budgets")), None)
+        if shaped is None:
+            return 1.0, mean
+        return matched_budget(mean, len(shaped["layer_budgets"]), len(shaped.get("full_layers", []))), mean
+
+    def _run_set(self, samples: list[Sample], methods: list[MethodSpec], done: dict[tuple[str, str], dict[str, Any]],
+                 sink: Any, bar: Any) -> None:
+        """Phase two: the ``@matched-set`` baselines, one budget for all samples (known once phase one is done).
+
+        A recorded ``@matched-set`` run made at another budget (the set changed since: more samples or tasks) is
+        run again with a warning; :func:`read_records` keeps the newer line.
+        """
+        budget, mean = self.set_budget(samples, done)
+        for sample in samples:
+            ref = None
+            for method in methods:
+                old = done.get((sample.id, method.name))
+                if old is not None and old.get("budget_target") is not None and abs(old["budget_target"] - budget) < 1e-9:
+                    continue
+                if old is not None:
+                    warnings.warn(f"{sample.id} {method.name}: recorded at budget {old.get('budget_target')}, the set's "
+                                  f"budget is now {budget:.6f}; running it again", UserWarning, stacklevel=2)
+                ref = ref or self._load_reference(sample)
+                if ref is None:  # a lost reference: the full cache runs again (not re-recorded)
+                    ref = self._save_reference(sample, self._generate(sample, MethodSpec("full", "full").policy(gqa=self.config.gqa)))
+                bar.set_postfix_str(f"{sample.id} {method.name}")
+                policy = method.policy(self.config.window, self.config.gqa, matched_budget=budget)
+                start = time.perf_counter()
+                result = self._generate(sample, policy)
+                rec = self.record(sample, method, policy, result, ref, budget, time.perf_counter() - start)
+                rec["set_mean_budget"] = mean
+                done[(sample.id, method.name)] = rec
+                sink.write(json.dumps(rec) + "\n")
+                sink.flush()
+                bar.update(1)
+
+    def speed(self) -> dict[str, Any]:
+        """The speed step (``config.speed_length``): full cache vs the paper preset side by side; see :mod:`.speed`."""
+        c = self.config
+        return speed_check(self.model, self.tokenizer, self.generate_fn, self.out / "speed.json", length=int(c.speed_length),
+                           new_tokens=c.speed_new_tokens, repeats=c.speed_repeats, seed=c.seed, haystack=c.haystack,
+                           model_name=c.model, progress=c.progress)
 
     def _oracle(self, sample: Sample, method: MethodSpec, ref: _Reference) -> tuple[Any, Any, list[list[float]]]:
         """Binary search for the smallest budget whose greedy output equals the full cache's.
@@ -354,7 +515,7 @@ class Runner:
             return policy, result, list(result.tokens) == list(ref.tokens)
 
         lo, hi, best, probes = 0.0, 1.0, None, []
-        while hi - lo > ORACLE_TOLERANCE:
+        while hi - lo > self.config.oracle_tolerance:
             mid = (lo + hi) / 2
             policy, result, same = probe(mid)
             probes.append([round(mid, 6), float(same)])
@@ -376,6 +537,17 @@ class Runner:
         path = self.out / "run.json"
         path.write_text(json.dumps(info, indent=1))
         return path
+
+
+def set_threads(n: int, backend: str = "auto") -> int | None:
+    """CPU threads for the model backend (torch: ``torch.set_num_threads``); the count now in use, ``None`` if the
+    backend has no such setting or does not import here."""
+    from ..backend import get_backend
+
+    try:
+        return get_backend(backend).set_threads(int(n))
+    except Exception:  # noqa: BLE001 - backend not installed: nothing to set
+        return None
 
 
 def _matched_from(record: dict[str, Any] | None) -> float | None:

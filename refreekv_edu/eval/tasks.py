@@ -185,7 +185,7 @@ def short_instruction(seed: int, index: int = 0) -> Sample:
     else:
         start = rng.randrange(5)
         days = ", ".join(_WEEKDAYS[start : start + 3])
-        prompt, answer = f"Which day of the week comes after this list: {days}? Answer in one word.", _WEEKDAYS[start + 3]
+        prompt, answer = f"Which day of the week comes after this list: {days}? Answer in one word.", _WEEKDAYS[(start + 3) % 7]  # Sunday -> Monday
     return Sample(
         id=f"short-s{seed}-i{index}",
         task="short",

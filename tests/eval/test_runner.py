@@ -222,17 +222,21 @@ def test_summary_by_hand():
     assert rows["h2o@matched"].keeps_full == 0.5  # loses sample a, gains sample b (that counts as keeping)
     assert rows["h2o@matched"].score_mean == 0.5 and rows["h2o@matched"].score_worst == 0.0
     table = report.markdown_table(report.summarize(recs))
-    assert table.count("\n") == 1 + 3 and "| passkey | 100 | paper | 2 | 0.500 | 0.000 | 100% |" in table
+    assert table.count("\n") == 1 + 3 and "| passkey | 100 | paper | 2 | 0.50 [0.00, 1.00] | 0.00 | 100% [100, 100] |" in table
     # 95% bootstrap intervals over the two samples: scores 1 and 0 -> the mean's interval spans 0..1
     assert rows["paper"].intervals["score_mean"] == (0.0, 1.0) and rows["paper"].intervals["keeps_full"] == (1.0, 1.0)
     assert rows["h2o@matched"].intervals["keeps_full"] == (0.0, 1.0)
-    assert "| 0.00-1.00; 100-100%; 100-100% |" in table.splitlines()[3]
+    assert "| 100% [100, 100] | 1.00 [1.00, 1.00] | 0.000 [0.000, 0.000] | 30.0% [20.0, 40.0] | - |" in table.splitlines()[3]
+    assert set(rows["paper"].intervals) >= {"score_mean", "keeps_full", "exact_match_full", "token_agreement", "first_token_kl",
+                                            "kv_kept", "mean_budget", "prefill_s", "decide_s", "decode_s"}
+    assert "| passkey | 100 | paper | 2 | 1.00 [1.00, 1.00] | 0.100 [0.100, 0.100] | 2.00 [2.00, 2.00] |" in report.timing_table(
+        report.summarize(recs))
     assert report.bootstrap_interval([0.2, 0.2]) == pytest.approx((0.2, 0.2))
     lo, hi = report.bootstrap_interval(np.r_[np.zeros(10), np.ones(10)])
     assert 0.25 <= lo <= 0.35 and 0.65 <= hi <= 0.75  # mean 0.5, standard error ~0.11
     assert all(np.isnan(report.bootstrap_interval([])))
     text = " ".join(report.findings(report.summarize(recs)))
-    assert "every sample in 1 of 1 task/length groups" in text and "30.0% of the KV bytes" in text
+    assert "held in 1 of 1 task/length groups (passkey @96)" in text and "keeping 30.0% of the KV bytes" in text
 
 
 def test_results_md_and_plots(tmp_path):
@@ -354,8 +358,8 @@ def test_oracle_budget_is_the_smallest_fixed_budget_that_reproduces_the_full_cac
     assert meth.parse_method("snapkv@oracle").kind == "oracle"
     with pytest.raises(ValueError, match="budget to probe"):
         meth.parse_method("h2o@oracle").policy()
-    text = " ".join(report.findings(report.summarize(records)))
-    assert "Oracle budget (recency" in text and "ReFreeKV keeps" in text
+    text = " ".join(report.findings(report.summarize(records), records))
+    assert "**Oracle budget (recency@oracle)**" in text and "mean gap" in text
 
 
 def test_oracle_search_finds_the_edge(tmp_path):
