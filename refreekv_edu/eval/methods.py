@@ -38,6 +38,7 @@ import numpy as np
 
 from ..policies import PRESETS
 from ..ranking import RANKINGS
+
 #: The preset every ``@matched`` baseline is matched to.
 MATCH_PRESET = "paper"
 _NUMBER = r"[0-9]*\.?[0-9]+(?:e-?[0-9]+)?"
