@@ -209,7 +209,7 @@ class Policy:
         return layer is None or int(layer) not in self.full_layers
 
     def num_evicted(self, ratio: np.ndarray, prompt_len: int, protected: int) -> int:
-        """Step 5: how many candidates each head evicts, given ``ratio`` ``(n,)`` and ``protected = m + w`` rows."""
+        """Eq. 3: how many candidates each head evicts, given ``ratio`` ``(n,)`` and ``protected = m + w`` rows."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ the algorithm
