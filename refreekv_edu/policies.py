@@ -263,11 +263,7 @@ class Policy:
         rows = min(self.query_rows, length)
         q = queries[:, queries.shape[1] - rows :, :]
         col_sum, last_row = be.window_scores(q, keys, scale, rows, n_cols=length - window)
-        if not be.all_finite(last_row):
-            raise ValueError(
-                "the attention logits overflow float32 (scale * q.k beyond ~3.4e38), so softmax gives NaN; "
-                "pass post-RoPE queries and keys of a normal magnitude (and the model's attention scale)"
-            )
+        self._check_attention(be, q, keys, col_sum, last_row)
         last_attn = last_row[:, sinks:]  # (Hq, n): the halting signal, on the candidates only
 
         # Step 2 - rank the candidates, least important first (stable sort: ties evict the older first).
@@ -353,6 +349,22 @@ class Policy:
             full_layer=bool(full_layer),
         )
 
+    def _check_attention(self, be: Backend, q: Array, keys: Array, col_sum: Array, last_row: Array) -> None:
+        """Raise a ValueError when the attention a decision read holds NaN or inf, naming the cause.
+
+        The last row sees every key and the window sums see every query row used, so a NaN or inf in those inputs,
+        or logits beyond float32, always shows up here; only then are the inputs scanned to say which it was.
+        """
+        window_ok = self.ranking not in WINDOW_RANKINGS or be.all_finite(col_sum)
+        if window_ok and be.all_finite(last_row):
+            return
+        if not be.all_finite(q) or not be.all_finite(keys):
+            raise ValueError("queries or keys contain NaN or inf; check the model's prefill (overflow in float16?)")
+        raise ValueError(
+            "the attention logits overflow float32 (scale * q.k beyond ~3.4e38), so softmax gives NaN; "
+            "pass post-RoPE queries and keys of a normal magnitude (and the model's attention scale)"
+        )
+
     def _validate(self, queries: Any, keys: Any, be: Backend, scale: Any) -> tuple[Array, Array]:
         """Check shapes, dtypes, values and the scale; drop a batch axis of size 1; convert to float32 on ``be``.
 
@@ -402,10 +414,9 @@ class Policy:
                 raise TypeError(f"scale must be a number (usually 1/sqrt(D)) or None, got {scale!r}") from None
             if not math.isfinite(scale_value) or scale_value <= 0:
                 raise ValueError(f"scale must be a finite number > 0 (usually 1/sqrt(D)), got {scale!r}")
-        queries, keys = be.asarray(queries), be.asarray(keys)  # float32 on this backend from here on
-        if not be.all_finite(queries) or not be.all_finite(keys):
-            raise ValueError("queries or keys contain NaN or inf; check the model's prefill (overflow in float16?)")
-        return queries, keys
+        # float32 on this backend from here on. Finiteness is checked on the attention the decision computes
+        # (one pass over (Hq, L) instead of two over the inputs): see _check_attention.
+        return be.asarray(queries), be.asarray(keys)
 
 
 def _fields_repr(policy: Any, skip: tuple[str, ...] = ()) -> str:

@@ -187,3 +187,13 @@ def test_not_a_gguf(tmp_path):
     path.write_bytes(b"PK\x03\x04 not a gguf")
     with pytest.raises(ValueError, match="not a GGUF file"):
         rk.load_model(str(path), backend="torch")
+
+
+def test_nan_in_any_query_row_the_decision_reads_is_an_error():
+    q = Q.copy()
+    q[1, 0, 3] = np.nan  # the first of the 8 window rows: only a window ranking reads it
+    with pytest.raises(ValueError, match="NaN or inf"):
+        rk.ReFreeKV.preset("official-script").decide_layer(q, K)
+    # The paper reads only the last row, so the same input decides exactly as without the NaN row.
+    clean = rk.ReFreeKV().decide_layer(Q[:, -1:], K, layer=4)
+    np.testing.assert_array_equal(rk.ReFreeKV().decide_layer(q, K, layer=4).kept, clean.kept)
