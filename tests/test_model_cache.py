@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from refreekv_edu import models
+from refreekv_edu import convert_cache, models
 
 BUNDLED = models.ARTIFACTS["smollm2-135m"]
 #: A pid above Linux's largest pid_max (2**22): no live process has it.
@@ -112,8 +112,8 @@ def test_torch_converts_once_then_loads_the_cached_copy(fake_gguf, cache_root, c
     assert calls == {"model": 1, "tokenizer": 1}
     assert "converting tiny.gguf once" in err and "cached at" in err  # said the first time
     [folder] = (cache_root / "converted").glob("tiny-*/torch-*-float32")
-    assert loading.cache_is_complete(folder)
-    manifest = json.loads((folder / loading.MANIFEST).read_text())
+    assert convert_cache.cache_is_complete(folder)
+    manifest = json.loads((folder / convert_cache.MANIFEST).read_text())
     assert manifest["gguf_sha256"] == models.sha256_of(gguf) and "model.safetensors" in manifest["files"]
     assert not list(folder.parent.glob(".tmp-*"))
 
@@ -187,7 +187,7 @@ def test_torch_damaged_cache_is_rebuilt(fake_gguf, cache_root, capsys, damage):
         weights.write_bytes(data[:1000])
     elif damage == "no-manifest":
         weights.write_bytes(data)
-        (folder / loading.MANIFEST).unlink()
+        (folder / convert_cache.MANIFEST).unlink()
     elif damage == "garbage-same-size":  # the manifest cannot see this one: the load fails, the folder is rebuilt
         weights.write_bytes(b"\xff" * len(data))
     capsys.readouterr()
@@ -195,7 +195,7 @@ def test_torch_damaged_cache_is_rebuilt(fake_gguf, cache_root, capsys, damage):
     assert calls["model"] == 2  # converted again
     assert "rebuilding" in capsys.readouterr().err
     state = model.state_dict()
-    assert loading.cache_is_complete(folder) and state.keys() == reference.keys()
+    assert convert_cache.cache_is_complete(folder) and state.keys() == reference.keys()
     assert all(torch.equal(state[k], reference[k]) for k in state)
 
 
@@ -225,7 +225,7 @@ def test_torch_interrupted_conversion_leaves_no_half_cache(fake_gguf, cache_root
     live.mkdir()
     loading.load_model(gguf)
     assert not stale.exists() and live.exists()
-    assert calls["model"] == 2 and loading.cache_is_complete(next(root.glob("torch-*")))
+    assert calls["model"] == 2 and convert_cache.cache_is_complete(next(root.glob("torch-*")))
 
 
 @torch_only
@@ -241,34 +241,31 @@ def test_torch_unwritable_cache_still_loads(fake_gguf, cache_root, capsys):
 
 def test_manifest_check_and_publish_race(tmp_path):
     """The manifest logic on its own, and two processes finishing the same conversion."""
-    pytest.importorskip("torch")
-    from refreekv_torch import loading
-
     folder = tmp_path / "done"
     folder.mkdir()
     (folder / "a.bin").write_bytes(b"12345")
-    assert not loading.cache_is_complete(folder)  # no manifest yet
-    loading._write_manifest(folder, {"format": 1})
-    assert loading.cache_is_complete(folder)
+    assert not convert_cache.cache_is_complete(folder)  # no manifest yet
+    convert_cache.write_manifest(folder, {"format": 1})
+    assert convert_cache.cache_is_complete(folder)
     (folder / "a.bin").write_bytes(b"1234")
-    assert not loading.cache_is_complete(folder)
+    assert not convert_cache.cache_is_complete(folder)
     (folder / "a.bin").write_bytes(b"12345")
-    (folder / loading.MANIFEST).write_text("{not json")
-    assert not loading.cache_is_complete(folder)
-    (folder / loading.MANIFEST).write_text('{"files": {}}')
-    assert not loading.cache_is_complete(folder)  # an empty listing is no cache
+    (folder / convert_cache.MANIFEST).write_text("{not json")
+    assert not convert_cache.cache_is_complete(folder)
+    (folder / convert_cache.MANIFEST).write_text('{"files": {}}')
+    assert not convert_cache.cache_is_complete(folder)  # an empty listing is no cache
 
-    loading._write_manifest(folder, {"format": 1})
+    convert_cache.write_manifest(folder, {"format": 1})
     other = tmp_path / ".tmp-1-x"
     other.mkdir()
     (other / "b.bin").write_bytes(b"x")
-    loading.publish(other, folder)  # the complete folder already there wins
+    convert_cache.publish(other, folder)  # the complete folder already there wins
     assert not other.exists() and (folder / "a.bin").exists()
-    (folder / loading.MANIFEST).unlink()
+    (folder / convert_cache.MANIFEST).unlink()
     other.mkdir()
     (other / "b.bin").write_bytes(b"x")
-    loading._write_manifest(other, {})
-    loading.publish(other, folder)  # a broken folder there is replaced
+    convert_cache.write_manifest(other, {})
+    convert_cache.publish(other, folder)  # a broken folder there is replaced
     assert (folder / "b.bin").exists() and not (folder / "a.bin").exists()
 
 
@@ -319,7 +316,7 @@ def test_mlx_dequantized_weights_are_cached_by_file_contents(tmp_path, cache_roo
     first = gl.load_gguf_model(gguf, dequantize=True)
     assert "saving the dequantized weights" in capsys.readouterr().err
     [folder] = (cache_root / "converted").glob("tiny-*/mlx-*-float32-dequantized")
-    assert gl.cache_is_complete(folder)
+    assert convert_cache.cache_is_complete(folder)
 
     reads = []
     real_load = mx.load
@@ -335,10 +332,10 @@ def test_mlx_dequantized_weights_are_cached_by_file_contents(tmp_path, cache_roo
 
     (folder / "weights.safetensors").write_bytes(b"")  # damaged: rebuilt
     gl.load_gguf_model(gguf, dequantize=True)
-    assert "rebuilding" in capsys.readouterr().err and gl.cache_is_complete(folder)
+    assert "rebuilding" in capsys.readouterr().err and convert_cache.cache_is_complete(folder)
 
     _tiny_mlx_gguf(gguf, seed=1)  # new contents at the same path: another key
-    gl._sha_memo.clear()  # (the memo is keyed on size and mtime, which a same-second rewrite may keep)
+    convert_cache._sha_memo.clear()  # (the memo is keyed on size and mtime, which a same-second rewrite may keep)
     gl.load_gguf_model(gguf, dequantize=True)
     assert len(list((cache_root / "converted").glob("tiny-*"))) == 2
 
@@ -440,4 +437,4 @@ def test_bundled_mlx_cached_load_matches_uncached(bundled_cache):
     text = tok0.apply_chat_template([{"role": "user", "content": "Hi <|im_end|> there"}], tokenize=False)
     assert text == tok1.apply_chat_template([{"role": "user", "content": "Hi <|im_end|> there"}], tokenize=False)
     assert tok0.encode(text) == tok1.encode(text)
-    assert gl.cache_is_complete(gl.tokenizer_dir(gguf, BUNDLED.file_sha256))
+    assert convert_cache.cache_is_complete(gl.tokenizer_dir(gguf, BUNDLED.file_sha256))

@@ -20,23 +20,22 @@ Conversion cache: rebuilding the tokenizer from the GGUF metadata takes ~12 s, s
 quantized weights load straight from the GGUF (~0.4 s, nothing to cache), while ``dequantize=True`` (~2 s of
 dequantizing) saves the dense arrays once with ``mx.save_safetensors``. Folders are written under a temporary
 name, renamed when complete and checked against a manifest of their files, so an interrupted or damaged one is
-rebuilt. ``cache=False`` converts every time and writes nothing.
+rebuilt (the mechanics, shared with the torch loader, are in :mod:`refreekv_edu.convert_cache`). ``cache=False``
+converts every time and writes nothing.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from refreekv_edu import convert_cache
 
 #: GGUF tensor name -> mlx-lm llama parameter path. ``{i}`` is the block index.
 _GGUF_TO_MLX = {
@@ -134,123 +133,29 @@ def llama_args_from_gguf(meta: dict[str, Any], has_output: bool) -> dict[str, An
     }
 
 
-# ---- conversion cache (the same layout as refreekv_torch.loading; kept here so MLX never imports torch) ----
+# ---- conversion cache (the mechanics are in refreekv_edu.convert_cache, shared with the torch loader) ----
 
-#: Bump when the layout of a cached folder changes (old folders are then simply not found).
-CACHE_FORMAT = 1
-#: The file written last into a cached folder: its key and the size of every other file.
-MANIFEST = "refreekv-cache.json"
-_TMP_PREFIX = ".tmp-"
 _WEIGHTS = "weights.safetensors"
 _ARGS = "llama_args.json"
-
-_sha_memo: dict[tuple[str, int, int], str] = {}
-
-
-def gguf_sha256(path: str | Path) -> str:
-    """The sha256 of a GGUF: the published one for a verified bundled file, else hashed (~0.3 s per 100 MB;
-    remembered for the process while the file's size and mtime stay the same)."""
-    from refreekv_edu.models import sha256_of
-
-    path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _sha_memo:
-        _sha_memo[key] = sha256_of(path)
-    return _sha_memo[key]
-
-
-def _major_minor(version: str) -> str:
-    return ".".join(version.split(".")[:2])
-
-
-def converted_root(gguf: str | Path, sha256: str) -> Path:
-    """``<cache_dir()>/converted/<gguf stem>-<sha256[:16]>``: the folders converted from one GGUF file."""
-    from refreekv_edu.models import cache_dir
-
-    return cache_dir() / "converted" / f"{Path(gguf).stem}-{sha256[:16]}"
-
-
-def cache_is_complete(folder: Path) -> bool:
-    """True when ``folder`` holds its manifest and every file listed there, at the recorded size."""
-    try:
-        files = json.loads((folder / MANIFEST).read_text())["files"]
-        return bool(files) and all((folder / name).stat().st_size == size for name, size in files.items())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-
-
-def _say(message: str) -> None:
-    print(f"refreekv: {message}", file=sys.stderr, flush=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _usable(folder: Path) -> bool:
-    """Whether ``folder`` is a complete cached conversion; an incomplete one is removed (and rebuilt)."""
-    if cache_is_complete(folder):
-        return True
-    if folder.exists():
-        _say(f"the cached conversion at {folder} is incomplete; rebuilding it")
-        shutil.rmtree(folder, ignore_errors=True)
-    return False
-
-
-def _write_cached(folder: Path, write: Any, info: dict[str, Any]) -> bool:
-    """Run ``write(tmp_folder)``, add the manifest and rename the folder into place; False if it cannot be
-    written (read-only cache). An interrupted write removes its temporary folder."""
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        for stale in folder.parent.glob(_TMP_PREFIX + "*"):  # left by a killed process
-            pid = stale.name[len(_TMP_PREFIX) :].split("-", 1)[0]
-            if not pid.isdigit() or not _pid_alive(int(pid)):
-                shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=folder.parent))
-        tmp.chmod(0o755)
-    except OSError as err:
-        _say(f"cannot write the conversion cache ({err}); continuing without it")
-        return False
-    try:
-        write(tmp)
-        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file() and p.name != MANIFEST}
-        (tmp / MANIFEST).write_text(json.dumps({**info, "files": files}, indent=1))
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished first: keep a complete folder, replace a broken one
-            if cache_is_complete(folder):
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                shutil.rmtree(folder, ignore_errors=True)
-                os.replace(tmp, folder)
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(err, OSError):
-            raise
-        _say(f"cannot write the conversion cache ({err}); continuing without it")
-        return False
-    return True
 
 
 def dequantized_dir(gguf: str | Path, sha256: str, dtype: str) -> Path:
     """Cache folder of a GGUF's dequantized weights: keyed by its sha256, mlx major.minor and the dtype."""
-    return converted_root(gguf, sha256) / f"mlx-v{CACHE_FORMAT}-mlx{_major_minor(mx.__version__)}-{dtype}-dequantized"
+    version = convert_cache.major_minor(mx.__version__)
+    return (
+        convert_cache.converted_root(gguf, sha256)
+        / f"mlx-v{convert_cache.CACHE_FORMAT}-mlx{version}-{dtype}-dequantized"
+    )
 
 
 def tokenizer_dir(gguf: str | Path, sha256: str) -> Path:
     """Cache folder of the tokenizer rebuilt from a GGUF's metadata: keyed by its sha256 and transformers."""
     import transformers
 
+    version = convert_cache.major_minor(transformers.__version__)
     return (
-        converted_root(gguf, sha256)
-        / f"mlx-tokenizer-v{CACHE_FORMAT}-transformers{_major_minor(transformers.__version__)}"
+        convert_cache.converted_root(gguf, sha256)
+        / f"mlx-tokenizer-v{convert_cache.CACHE_FORMAT}-transformers{version}"
     )
 
 
@@ -265,14 +170,13 @@ def _model_from(args: dict[str, Any], weights: dict[str, mx.array]) -> nn.Module
 
 
 def _load_dequantized_cache(folder: Path) -> nn.Module | None:
-    if not _usable(folder):
+    if not convert_cache.usable(folder):
         return None
     try:
         args = json.loads((folder / _ARGS).read_text())
         return _model_from(args, mx.load(str(folder / _WEIGHTS)))
     except Exception as err:  # damaged inside (same sizes): convert again
-        _say(f"could not load the cached conversion at {folder} ({type(err).__name__}: {err}); rebuilding it")
-        shutil.rmtree(folder, ignore_errors=True)
+        convert_cache.discard(folder, err)
         return None
 
 
@@ -306,7 +210,7 @@ def load_gguf_model(
     target = _DTYPES[dtype]
     folder = None
     if dequantize and cache:
-        folder = dequantized_dir(path, sha256 or gguf_sha256(path), dtype)
+        folder = dequantized_dir(path, sha256 or convert_cache.gguf_sha256(path), dtype)
         cached = _load_dequantized_cache(folder)
         if cached is not None:
             return cached
@@ -347,8 +251,9 @@ def load_gguf_model(
             mx.save_safetensors(str(tmp / _WEIGHTS), names)
             (tmp / _ARGS).write_text(json.dumps(args, indent=1))
 
-        _say(f"saving the dequantized weights of {Path(path).name} once ({dtype}); cached at {folder}")
-        _write_cached(folder, write, {"format": CACHE_FORMAT, "gguf": Path(path).name, "dtype": dtype})
+        convert_cache.say(f"saving the dequantized weights of {Path(path).name} once ({dtype}); cached at {folder}")
+        info = {"format": convert_cache.CACHE_FORMAT, "gguf": Path(path).name, "dtype": dtype}
+        convert_cache.write_cached(folder, write, info)
     return model
 
 
@@ -364,16 +269,16 @@ def load_gguf_tokenizer(path: str | Path, *, cache: bool = True, sha256: str | N
     path = Path(path)
     if not cache:
         return TokenizerWrapper(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
-    folder = tokenizer_dir(path, sha256 or gguf_sha256(path))
-    if _usable(folder):
+    folder = tokenizer_dir(path, sha256 or convert_cache.gguf_sha256(path))
+    if convert_cache.usable(folder):
         try:
             return TokenizerWrapper(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
         except Exception as err:  # damaged inside (same sizes): rebuild
-            _say(f"could not load the cached tokenizer at {folder} ({type(err).__name__}: {err}); rebuilding it")
-            shutil.rmtree(folder, ignore_errors=True)
-    _say(f"rebuilding the tokenizer of {path.name} from its metadata once (~12 s); cached at {folder}")
+            convert_cache.discard(folder, err, what="tokenizer")
+    convert_cache.say(f"rebuilding the tokenizer of {path.name} from its metadata once (~12 s); cached at {folder}")
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    if _write_cached(folder, tokenizer.save_pretrained, {"format": CACHE_FORMAT, "gguf": path.name}):
+    info = {"format": convert_cache.CACHE_FORMAT, "gguf": path.name}
+    if convert_cache.write_cached(folder, tokenizer.save_pretrained, info):
         return TokenizerWrapper(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
     return TokenizerWrapper(tokenizer)
 
@@ -417,13 +322,7 @@ def load_model(name_or_path: str | Path = "smollm2-135m", **kwargs: Any) -> tupl
             f"options {unknown} are not supported when loading a GGUF file ({gguf.name}); "
             "use dtype=, dequantize=, cache="
         )
-    from refreekv_edu.models import ARTIFACTS
-
     cache = kwargs.get("cache", True)
     # A bundled file was just checked against its published sha256 by fetch_model; a path is hashed once.
-    sha256 = (
-        ARTIFACTS[name_or_path].file_sha256 if isinstance(name_or_path, str) and name_or_path in ARTIFACTS else None
-    )
-    if cache and sha256 is None:
-        sha256 = gguf_sha256(gguf)
+    sha256 = convert_cache.gguf_sha256(gguf, name_or_path) if cache else None
     return load_gguf_model(gguf, sha256=sha256, **kwargs), load_gguf_tokenizer(gguf, cache=cache, sha256=sha256)

@@ -13,23 +13,21 @@ laptop CPU, so it is done once: the converted model and tokenizer are saved (``s
 under ``<cache_dir()>/converted/<gguf name>-<sha256 prefix>/torch-transformers<major.minor>-<dtype>/`` and later
 loads read that folder (offline, ~1 s). The folder is written to a temporary name and renamed when complete, with
 a manifest of its files and sizes; a folder whose manifest does not match (an interrupted copy, a deleted file) is
-rebuilt. ``load_model(..., cache=False)`` converts without reading or writing the cache.
+rebuilt (the mechanics, shared with the MLX loader, are in :mod:`refreekv_edu.convert_cache`).
+``load_model(..., cache=False)`` converts without reading or writing the cache.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from refreekv_edu.models import ARTIFACTS, cache_dir, fetch_model, sha256_of
+from refreekv_edu import convert_cache
+from refreekv_edu.models import ARTIFACTS, fetch_model
 
 from . import hf_adapter
 
@@ -70,27 +68,6 @@ def resolve(name_or_path: str | Path) -> tuple[str, str | None]:
     return text, None  # a hub id
 
 
-#: Bump when the layout of a converted-model folder changes (old folders are then simply not found).
-CACHE_FORMAT = 1
-#: The file written last into a converted-model folder: its key and the size of every other file.
-MANIFEST = "refreekv-cache.json"
-_TMP_PREFIX = ".tmp-"
-
-_sha_memo: dict[tuple[str, int, int], str] = {}
-
-
-def gguf_sha256(name_or_path: str | Path, gguf: Path) -> str:
-    """The sha256 of a GGUF: the published one for a bundled name (``fetch_model`` checked it), else hashed
-    (~0.3 s per 100 MB; remembered for the process while the file's size and mtime stay the same)."""
-    if str(name_or_path) in ARTIFACTS:
-        return ARTIFACTS[str(name_or_path)].file_sha256
-    st = gguf.stat()
-    memo_key = (str(gguf.resolve()), st.st_size, st.st_mtime_ns)
-    if memo_key not in _sha_memo:
-        _sha_memo[memo_key] = sha256_of(gguf)
-    return _sha_memo[memo_key]
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -100,64 +77,9 @@ def converted_dir(gguf: Path, sha256: str, dtype: torch.dtype) -> Path:
     the dtype (``$REFREEKV_CACHE`` moves the root, see :func:`refreekv_edu.models.cache_dir`)."""
     import transformers
 
-    major_minor = ".".join(transformers.__version__.split(".")[:2])
-    return (
-        cache_dir()
-        / "converted"
-        / f"{gguf.stem}-{sha256[:16]}"
-        / f"torch-v{CACHE_FORMAT}-transformers{major_minor}-{_dtype_name(dtype)}"
-    )
-
-
-def cache_is_complete(folder: Path) -> bool:
-    """True when ``folder`` holds its manifest and every file listed there, at the recorded size."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        files = manifest["files"]
-        return bool(files) and all((folder / name).stat().st_size == size for name, size in files.items())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-
-
-def _write_manifest(folder: Path, info: dict[str, Any]) -> None:
-    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
-    (folder / MANIFEST).write_text(json.dumps({**info, "files": files}, indent=1))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_stale_temporaries(parent: Path) -> None:
-    """Remove ``.tmp-<pid>-*`` folders left by conversions that were killed (their process is gone)."""
-    if not parent.is_dir():
-        return
-    for tmp in parent.glob(_TMP_PREFIX + "*"):
-        pid = tmp.name[len(_TMP_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or not _pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def publish(tmp: Path, final: Path) -> None:
-    """Rename a finished temporary folder to ``final``; if another process finished first, keep theirs."""
-    try:
-        os.replace(tmp, final)  # atomic on one filesystem; fails if final is a non-empty directory
-    except OSError:
-        if not cache_is_complete(final):
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _say(message: str) -> None:
-    print(f"refreekv: {message}", file=sys.stderr, flush=True)
+    version = convert_cache.major_minor(transformers.__version__)
+    name = f"torch-v{convert_cache.CACHE_FORMAT}-transformers{version}-{_dtype_name(dtype)}"
+    return convert_cache.converted_root(gguf, sha256) / name
 
 
 def _convert_into_cache(source: str, gguf_file: str, sha256: str, dtype: torch.dtype, folder: Path) -> Any:
@@ -170,7 +92,7 @@ def _convert_into_cache(source: str, gguf_file: str, sha256: str, dtype: torch.d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = Path(source) / gguf_file
-    _say(
+    convert_cache.say(
         f"converting {gguf.name} once ({gguf.stat().st_size / 1e6:.0f} MB GGUF -> {_dtype_name(dtype)}, "
         f"~20-60 s on a laptop CPU); cached at {folder}"
     )
@@ -185,7 +107,7 @@ def _convert_into_cache(source: str, gguf_file: str, sha256: str, dtype: torch.d
         packed = [n for n, m in model.named_modules() if type(m).__name__.lower().startswith("gguf")]
         packed += [n for n, p in model.named_parameters() if not p.is_floating_point()]
         if packed:  # weights left in GGUF blocks (a GGUF matmul kernel was found): nothing dense to cache
-            _say(f"{gguf.name} loaded with packed weights ({packed[0]}, ...); not caching it")
+            convert_cache.say(f"{gguf.name} loaded with packed weights ({packed[0]}, ...); not caching it")
             return model, tokenizer
         bar.update()
         bar.set_postfix_str("saving")
@@ -193,30 +115,21 @@ def _convert_into_cache(source: str, gguf_file: str, sha256: str, dtype: torch.d
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        try:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(folder.parent)
-            tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=folder.parent))
-            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as the GGUF next to it
-        except OSError as err:
-            _say(f"cannot write the conversion cache ({err}); using the converted model without caching it")
-            return model, tokenizer
-        try:
+
+        def write(tmp: Path) -> None:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            _write_manifest(
-                tmp,
-                {"format": CACHE_FORMAT, "gguf": gguf.name, "gguf_sha256": sha256, "dtype": _dtype_name(dtype)},
-            )
-            publish(tmp, folder)
-        except BaseException as err:  # KeyboardInterrupt included: never leave a half-written folder behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not isinstance(err, OSError):
-                raise
-            _say(f"cannot write the conversion cache ({err}); using the converted model without caching it")
+
+        info = {
+            "format": convert_cache.CACHE_FORMAT,
+            "gguf": gguf.name,
+            "gguf_sha256": sha256,
+            "dtype": _dtype_name(dtype),
+        }
+        if not convert_cache.write_cached(folder, write, info, "using the converted model without caching it"):
             return model, tokenizer
         bar.update()
-    _say(f"converted in {time.perf_counter() - start:.0f} s; later loads read {folder}")
+    convert_cache.say(f"converted in {time.perf_counter() - start:.0f} s; later loads read {folder}")
     return None
 
 
@@ -228,10 +141,7 @@ def _load_converted(
 
     folder = converted_dir(Path(source) / gguf_file, sha256, dtype)
     for attempt in range(2):
-        if folder.exists() and not cache_is_complete(folder):
-            _say(f"the cached conversion at {folder} is incomplete; rebuilding it")
-            shutil.rmtree(folder, ignore_errors=True)
-        if not folder.exists():
+        if not convert_cache.usable(folder):
             converted = _convert_into_cache(source, gguf_file, sha256, dtype, folder)
             if converted is not None:  # the cache could not be written
                 model, tokenizer = converted
@@ -250,8 +160,7 @@ def _load_converted(
             if attempt or (kwargs and _folder_loads(folder, dtype)):
                 raise  # the error comes from the caller's options, not from the cached files
             # Files damaged inside (same sizes, so the manifest did not notice): convert again.
-            _say(f"could not load the cached conversion at {folder} ({type(err).__name__}: {err}); rebuilding it")
-            shutil.rmtree(folder, ignore_errors=True)
+            convert_cache.discard(folder, err)
     raise AssertionError("unreachable")
 
 
@@ -297,7 +206,7 @@ def load_model(
     torch_dtype = _as_dtype(dtype)
     source, gguf_file = resolve(name_or_path)
     if gguf_file and cache:
-        sha256 = gguf_sha256(name_or_path, Path(source) / gguf_file)
+        sha256 = convert_cache.gguf_sha256(Path(source) / gguf_file, name_or_path)
         model, tokenizer = _load_converted(source, gguf_file, sha256, torch_dtype, attn_implementation, kwargs)
     else:
         extra = {"gguf_file": gguf_file} if gguf_file else {}
