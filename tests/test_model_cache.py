@@ -279,30 +279,10 @@ def _mlx():
 
 
 def _tiny_mlx_gguf(path: Path, seed: int) -> None:
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.models import llama
+    _mlx()
+    from tiny_gguf import write_tiny_llama_gguf
 
-    gl = _mlx()
-    mx.random.seed(seed)
-    args = llama.ModelArgs(
-        model_type="llama", hidden_size=32, num_hidden_layers=1, intermediate_size=48, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5, vocab_size=50, rope_theta=1e5, rope_traditional=True,
-    )  # fmt: skip
-    model = llama.Model(args)
-    inverse = {v.format(i=0): k.format(i=0) for k, v in gl._GGUF_TO_MLX.items()}
-    tensors = {}
-    for name, value in tree_flatten(model.parameters()):
-        module, _, param = name.rpartition(".")
-        tensors[f"{inverse[module]}.{param}"] = value
-    meta = {
-        "general.architecture": "llama",
-        **{f"llama.{k}": mx.array(v) for k, v in {
-            "attention.head_count": 4, "attention.head_count_kv": 2, "block_count": 1, "embedding_length": 32,
-            "feed_forward_length": 48, "rope.dimension_count": 8, "vocab_size": 50, "context_length": 128,
-        }.items()},
-    }  # fmt: skip
-    mx.save_gguf(str(path), tensors, meta)
+    write_tiny_llama_gguf(path, seed=seed, layers=1)
 
 
 def test_mlx_dequantized_weights_are_cached_by_file_contents(tmp_path, cache_root, monkeypatch, capsys):

@@ -8,16 +8,15 @@ import pytest
 mx = pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'refreekv_edu[mlx]')")
 pytest.importorskip("mlx_lm", reason="mlx-lm is not installed (pip install 'refreekv_edu[mlx]')")
 
-from mlx.utils import tree_flatten  # noqa: E402
 from mlx_lm.models import llama  # noqa: E402
 from refreekv_mlx.gguf_loader import (  # noqa: E402
-    _GGUF_TO_MLX,
     gguf_name_to_mlx,
     llama_args_from_gguf,
     load_gguf_model,
     load_model,
     quant_spec,
 )
+from tiny_gguf import write_tiny_llama_gguf  # noqa: E402
 
 
 def test_gguf_names_map_to_mlx_lm_llama_parameters():
@@ -46,38 +45,8 @@ def test_non_llama_gguf_is_refused_with_a_hint():
 
 
 def _tiny_llama_gguf(path) -> llama.Model:
-    """Write a tiny random llama as a float32 GGUF (llama.cpp tensor names and metadata); return the source model."""
-    mx.random.seed(0)
-    args = llama.ModelArgs(
-        model_type="llama", hidden_size=32, num_hidden_layers=2, intermediate_size=48, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5, vocab_size=50, rope_theta=1e5, rope_traditional=True,
-        max_position_embeddings=256,
-    )  # fmt: skip
-    model = llama.Model(args)
-    mx.eval(model.parameters())
-    inverse = {}
-    for gguf, mlx_name in _GGUF_TO_MLX.items():
-        for i in range(args.num_hidden_layers):
-            inverse[mlx_name.format(i=i)] = gguf.format(i=i)
-    tensors = {}
-    for name, value in tree_flatten(model.parameters()):
-        module, _, param = name.rpartition(".")
-        tensors[f"{inverse[module]}.{param}"] = value
-    meta = {
-        "general.architecture": "llama",
-        "llama.attention.head_count": mx.array(4),
-        "llama.attention.head_count_kv": mx.array(2),
-        "llama.block_count": mx.array(2),
-        "llama.embedding_length": mx.array(32),
-        "llama.feed_forward_length": mx.array(48),
-        "llama.rope.dimension_count": mx.array(8),
-        "llama.rope.freq_base": mx.array(1e5),
-        "llama.attention.layer_norm_rms_epsilon": mx.array(1e-5),
-        "llama.vocab_size": mx.array(50),
-        "llama.context_length": mx.array(256),
-    }
-    mx.save_gguf(str(path), tensors, meta)
-    return model
+    """Write a tiny random llama as a float32 GGUF; return the source model."""
+    return write_tiny_llama_gguf(path, seed=0, layers=2)
 
 
 def test_tiny_gguf_round_trip_gives_the_same_logits(tmp_path):
