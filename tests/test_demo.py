@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import refreekv_edu as rk
-from refreekv_edu import demo
+from refreekv_edu import demo, demo_report
 from refreekv_edu.decision import LayerDecision, Trace
 from refreekv_edu.eval.methods import matched_budget
 from refreekv_edu.generate import GenerationResult
@@ -59,10 +59,10 @@ def test_policies_are_the_presets_and_a_recency_baseline_with_the_papers_protect
 
 
 def test_text_helpers():
-    assert demo.sparkline([0.0, 0.124, 0.126, 0.5, 0.99, 1.0]) == "▁▁▂▅██"
-    assert demo.budget_summary([0.02, 0.41, 1.0]) == "min 2% med 41% max 100%" and demo.budget_summary([]) == ""
-    assert demo.short_answer("The pass\nkey is 12345.", 30) == "The pass key is 12345."
-    assert demo.short_answer("x" * 40, 10) == "xxxxxxx..."
+    assert demo_report.sparkline([0.0, 0.124, 0.126, 0.5, 0.99, 1.0]) == "▁▁▂▅██"
+    assert demo_report.budget_summary([0.02, 0.41, 1.0]) == "min 2% med 41% max 100%" and demo_report.budget_summary([]) == ""
+    assert demo_report.short_answer("The pass\nkey is 12345.", 30) == "The pass key is 12345."
+    assert demo_report.short_answer("x" * 40, 10) == "xxxxxxx..."
 
 
 def test_out_dir_is_created_and_checked(tmp_path):
@@ -112,7 +112,7 @@ def test_sink_share_is_position_zeros_share_of_the_squared_row():
     row_cands = np.array([[0.2, 0.2], [0.3, 0.0]], np.float32)
     d = _decision(2, np.array([[0, 1, 2, 3, 4, 5]]), 6, last_attn=row_cands, sink_attn=row_sinks)
     full = _decision(0, np.arange(6)[None], 6, full=True)
-    share = demo.sink_share(Trace(layers=[full, d]))
+    share = demo_report.sink_share(Trace(layers=[full, d]))
     assert np.isnan(share[0])  # a full layer is not decided
     np.testing.assert_allclose(share[1], np.mean([0.36 / 0.44, 0.01 / 0.10]), rtol=1e-6)
 
@@ -128,14 +128,14 @@ def test_failure_reason_names_the_evicted_key():
     sample.meta["needle"] = "12345"
     sample.references[:] = ["12345"]
     run = demo.DemoRun("passkey", "paper", "ReFreeKV() paper", "It is 99", [1, 5, 6], False, same_as_full=False)
-    reason = demo.failure_reason(sample, run, full_run, trace)
+    reason = demo_report.failure_reason(sample, run, full_run, trace)
     assert reason == ("wrong (expected '12345'); diverges from the full cache at answer token 2; "
                       "the key's rows were kept whole in 1 of 2 pruned layers")
-    assert demo.failure_reason(sample, full_run, full_run, None) is None
+    assert demo_report.failure_reason(sample, full_run, full_run, None) is None
     crashed = demo.DemoRun("passkey", "paper", "x", error="RuntimeError: boom")
-    assert demo.failure_reason(sample, crashed, full_run) == "crashed: RuntimeError: boom"
+    assert demo_report.failure_reason(sample, crashed, full_run) == "crashed: RuntimeError: boom"
     wrong_full = demo.DemoRun("passkey", "full", "full cache", "no", [1], False)
-    assert demo.failure_reason(sample, wrong_full, wrong_full) == "the full cache itself answers wrong (expected '12345')"
+    assert demo_report.failure_reason(sample, wrong_full, wrong_full) == "the full cache itself answers wrong (expected '12345')"
 
 
 class _WordTokenizer:
@@ -212,7 +212,7 @@ def test_run_demo_flow_with_a_stand_in_model(monkeypatch, tmp_path):
     off = result.run("passkey (stress)", "official-script")
     line = next(ln for ln in text.splitlines() if ln.startswith(" " * 17 + " official-script T=0.05") and
                 f"{100 * off.budget:6.1f}%" in ln)
-    assert demo.sparkline(off.layer_budgets) in line and demo.budget_summary(off.layer_budgets) in line
+    assert demo_report.sparkline(off.layer_budgets) in line and demo_report.budget_summary(off.layer_budgets) in line
     assert re.search(r"^short fact\s+full cache\s+Athens\s+yes\s+ref\s+100\.0%", text, re.M)
     assert f"fixed recency {100 * result.fixed_budget:.1f}% (matched)" in text
     assert "KV MiB (model dtype)" in text  # the stand-in model has no dtype; a real one prints float32
@@ -282,10 +282,10 @@ def test_failure_reason_blames_a_dominant_sink_only_when_it_is_in_the_metric():
     full_run = demo.DemoRun("short fact", "full", "full cache", "Athens", [1, 2], True)
     wrong = demo.DemoRun("short fact", "x", "x", "Rome", [1, 3], False, same_as_full=False)
     official = Trace(layers=[rk.ReFreeKV.preset("official-script").decide_layer(q, k, layer=i) for i in range(2)])
-    assert demo.sink_share(official).min() > 0.5
-    reason = demo.failure_reason(sample, wrong, full_run, official)
+    assert demo_report.sink_share(official).min() > 0.5
+    reason = demo_report.failure_reason(sample, wrong, full_run, official)
     assert reason.startswith("wrong (expected 'Athens'); diverges from the full cache at answer token 2; position 0 holds")
     paper = Trace(layers=[rk.ReFreeKV().decide_layer(q, k, layer=i) for i in range(2, 4)])
-    assert demo.sink_share(paper).min() > 0.5  # the sink is there, but the paper leaves it out of the norm
-    assert demo.failure_reason(sample, wrong, full_run, paper) == (
+    assert demo_report.sink_share(paper).min() > 0.5  # the sink is there, but the paper leaves it out of the norm
+    assert demo_report.failure_reason(sample, wrong, full_run, paper) == (
         "wrong (expected 'Athens'); diverges from the full cache at answer token 2")

@@ -10,18 +10,25 @@ from Python::
 
 Modules: :mod:`.haystack` (filler text made at run time), :mod:`.tasks` (offline tasks),
 :mod:`.datasets` (LongBench, GSM8K, CoQA, TruthfulQA loaders), :mod:`.metrics` (task and fidelity
-metrics), :mod:`.methods` (method names -> policies), :mod:`.runner` (the loop), :mod:`.speed` (decode speed of
-the compressed vs the full cache at a long prompt, and memory), :mod:`.report` (tables, plots, ``docs/results.md``),
-:mod:`.cli` (``refreekv-edu eval``).
+metrics), :mod:`.methods` (method names -> policies), :mod:`.config` (what to run, the samples), :mod:`.records` (the
+resumable ``samples.jsonl`` and ``refs/`` store), :mod:`.runner` (the loop), :mod:`.speed` (decode speed of
+the compressed vs the full cache at a long prompt, and memory), :mod:`.summary` (summary rows, bootstrap intervals,
+tables), :mod:`.comparisons` (paired and oracle comparisons), :mod:`.findings_text` (the findings), :mod:`.plots`,
+:mod:`.report` (``summary.md``, ``docs/results.md``), :mod:`.cli` (``refreekv-edu eval``).
 Only numpy and the standard library are imported here; tqdm, matplotlib and ``datasets`` load on use.
 """
 
+from .comparisons import oracle_comparisons, paired_comparisons
+from .config import EvalConfig, build_samples
 from .datasets import DATASETS, load_dataset_samples
+from .findings_text import findings
 from .methods import ALL_METHODS, DEFAULT_METHODS, MethodSpec, matched_budget, parse_method, parse_methods
 from .metrics import METRICS, first_token_kl, qa_f1, rouge_l, score, token_agreement
-from .report import findings, markdown_table, oracle_comparisons, paired_comparisons, summarize, write_results_md
-from .runner import EvalConfig, Runner, build_samples, read_records, run_eval
+from .records import read_records
+from .report import write_results_md
+from .runner import Runner, run_eval
 from .speed import speed_check
+from .summary import markdown_table, summarize
 from .tasks import TASKS, Sample, make_samples
 
 __all__ = [

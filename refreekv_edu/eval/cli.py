@@ -85,8 +85,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_eval_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Run ``refreekv-edu eval`` with parsed ``args``; prints the summary table and where files went."""
-    from .report import make_plots, markdown_table, read_speed, speed_line, summarize, write_results_md, write_summary
-    from .runner import EvalConfig, Runner, check_writable, read_records
+    from .config import EvalConfig
+    from .findings_text import speed_line
+    from .plots import make_plots
+    from .records import check_writable, read_records
+    from .report import read_speed, write_results_md, write_summary
+    from .runner import Runner
+    from .summary import markdown_table, summarize
 
     config = EvalConfig(
         tasks=_split(args.tasks),

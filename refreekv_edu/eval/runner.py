@@ -20,231 +20,24 @@ backend with model integration (torch, mlx).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
 import sys
 import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import metrics
-from .datasets import DATASETS, load_dataset_samples
-from .methods import DEFAULT_METHODS, MATCH_PRESET, ORACLE_TOLERANCE, MethodSpec, matched_budget, parse_methods
+from .config import EvalConfig, build_samples, token_counter
+from .methods import MATCH_PRESET, MethodSpec, matched_budget, parse_methods
+from .records import SAMPLES_FILE, _Reference, _safe, check_writable, prompt_digest, read_records, repair_torn_tail
 from .speed import speed_check
-from .tasks import TASKS, Sample, TokenCounter, make_samples
-
-SAMPLES_FILE = "samples.jsonl"
-
-
-@dataclass
-class EvalConfig:
-    """What to evaluate.
-
-    Attributes:
-        tasks: offline task names (:data:`~refreekv_edu.eval.tasks.TASKS`) and/or dataset names
-            (:data:`~refreekv_edu.eval.datasets.DATASETS`, which need ``data_dir`` or a network).
-        lengths: target prompt lengths in tokens (``short`` and datasets ignore them; datasets are
-            truncated in the middle to the largest length).
-        methods: method names (see :mod:`refreekv_edu.eval.methods`); ``full`` is always added.
-        samples: samples per task and length.
-        seed: seeds the prompts (passkeys, haystack order).
-        model: model name or path for :func:`refreekv_edu.load_model`.
-        backend: ``"torch"``, ``"mlx"`` or ``"auto"``.
-        out_dir: where ``samples.jsonl``, ``refs/`` and the report go.
-        window: ``w`` of the ``h2o``/``snapkv`` fixed baselines (>= 1; the presets keep their own window).
-        gqa: the GQA mode of every method (``"group"`` or ``"expand"``).
-        data_dir: local dataset files (see :mod:`refreekv_edu.eval.datasets`).
-        haystack: ``"docs"`` (stdlib docstrings) or ``"procedural"``.
-        max_new_tokens: overrides each sample's own decode length when set (an int >= 1).
-        progress: tqdm bars.
-        oracle_tolerance: the ``<ranking>@oracle`` binary search stops when the budget interval is this narrow
-            (default :data:`~.methods.ORACLE_TOLERANCE`; ``1/32`` takes one probe fewer per sample).
-        threads: ``torch.set_num_threads(threads)`` before running (``None``: leave torch's default). On a
-            loaded 2-core machine 1 thread is several times faster than 2 (threads spin-waiting on each other).
-        speed_length: when set (e.g. ``4096``), the speed step: a passkey prompt of about this many tokens runs
-            with the full cache and the paper preset side by side (interleaved) before the evaluation, and
-            ``<out>/speed.json`` gets decode tokens/s of each and their ratio (see :mod:`.speed`).
-        speed_new_tokens: decode steps of the speed step (the same for both; end-of-sequence ignored).
-        speed_repeats: runs of each method in the speed step (the fastest decode is kept).
-    """
-
-    tasks: list[str] = field(default_factory=lambda: ["passkey", "multi_needle", "short", "reading", "continuation", "repeat"])
-    lengths: list[int] = field(default_factory=lambda: [1024])
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    samples: int = 2
-    seed: int = 0
-    model: str = "smollm2-135m"
-    backend: str = "auto"
-    out_dir: str = "results/eval"
-    window: int = 8
-    gqa: str = "group"
-    data_dir: str | None = None
-    haystack: str = "docs"
-    max_new_tokens: int | None = None
-    progress: bool = True
-    oracle_tolerance: float = ORACLE_TOLERANCE
-    threads: int | None = None
-    speed_length: int | None = None
-    speed_new_tokens: int = 32
-    speed_repeats: int = 2
-
-    def validate(self) -> None:
-        """Check the config before any model is loaded; return nothing if it is usable.
-
-        Raises:
-            ValueError: a task that is neither an offline task nor a dataset, no lengths or a length
-                below 64 tokens, ``samples < 1``, a method name :func:`~refreekv_edu.eval.methods.parse_methods`
-                does not accept, ``window < 1``, an unknown ``gqa`` or haystack, or ``max_new_tokens < 1``.
-        """
-        from ..policies import GQA_MODES
-
-        unknown = [t for t in self.tasks if t not in TASKS and t not in DATASETS]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; offline tasks: {', '.join(TASKS)}; datasets: {', '.join(DATASETS)}")
-        if not self.lengths or any(int(n) < 64 for n in self.lengths):
-            raise ValueError(f"lengths must be token counts >= 64, got {self.lengths}")
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ValueError(f"samples must be an int >= 1, got {self.samples!r}")
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(f"window must be an int >= 1 (the h2o/snapkv baselines score candidates by the last w "
-                             f"queries; the official script uses 8), got {self.window!r}")
-        if self.max_new_tokens is not None and (
-            isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1
-        ):
-            raise ValueError(f"max_new_tokens must be an int >= 1 (or None: each task's own), got {self.max_new_tokens!r}")
-        if self.gqa not in GQA_MODES:
-            raise ValueError(f"gqa must be one of {', '.join(GQA_MODES)}, got {self.gqa!r}")
-        if self.haystack not in ("docs", "procedural"):
-            raise ValueError(f"haystack must be 'docs' or 'procedural', got {self.haystack!r}")
-        if not 0.0 < float(self.oracle_tolerance) < 0.5:
-            raise ValueError(f"oracle_tolerance must lie in (0, 0.5), e.g. 1/64, got {self.oracle_tolerance!r}")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"threads must be an int >= 1 (or None: the backend's default), got {self.threads!r}")
-        if self.speed_length is not None and int(self.speed_length) < 64:
-            raise ValueError(f"speed_length must be a token count >= 64 (e.g. 4096), got {self.speed_length!r}")
-        for name in ("speed_new_tokens", "speed_repeats"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        parse_methods(self.methods)  # raises on a bad name
-
-
-def check_writable(out_dir: str | Path) -> Path:
-    """Create ``out_dir`` (and parents) and check that a file can be written there, before any model loads.
-
-    Raises:
-        OSError: with the directory named, when it cannot be created or written.
-    """
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise OSError(f"cannot write to the output directory {str(out)!r} ({exc.strerror or exc}); choose another --out") from exc
-    return out
-
-
-def token_counter(tokenizer: Any) -> TokenCounter:
-    """Count tokens with the model's tokenizer (no special tokens)."""
-
-    def count(text: str) -> int:
-        try:
-            return len(tokenizer.encode(text, add_special_tokens=False))
-        except TypeError:  # tokenizers whose encode has no add_special_tokens (some mlx-lm wrappers)
-            return len(tokenizer.encode(text))
-
-    return count
-
-
-def build_samples(config: EvalConfig, count_tokens: TokenCounter | None = None) -> list[Sample]:
-    """All samples of a config, in a fixed order (tasks, then lengths, then index)."""
-    out: list[Sample] = []
-    for task in config.tasks:
-        if task in DATASETS:
-            out += load_dataset_samples(task, config.data_dir, n=config.samples, max_tokens=max(config.lengths), count_tokens=count_tokens)
-        elif task in ("short", "reading"):
-            out += make_samples(task, 0, config.samples, config.seed)
-        else:
-            for length in config.lengths:
-                out += make_samples(task, int(length), config.samples, config.seed, count_tokens, source=config.haystack)
-    return out
-
-
-def prompt_digest(sample: Sample) -> str:
-    """A short hash of what the model sees, to refuse resuming over a different prompt under the same id."""
-    return hashlib.sha1(f"{sample.chat}\x00{sample.prompt}".encode()).hexdigest()[:12]
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-#: Keys every record needs for the report; a line without them is skipped with a warning.
-RECORD_KEYS = ("sample_id", "task", "method", "score", "token_agreement", "exact_match_full", "kv_kept", "mean_budget")
-
-
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a ``samples.jsonl``, one per (sample, method): the last line wins when a pair appears twice.
-
-    A torn last line (an interrupted run) is ignored silently; any other line that is not JSON, not a JSON object
-    (``null``, ``[1, 2]``) or lacks a key in :data:`RECORD_KEYS` (``{}``) is skipped with a :class:`UserWarning`
-    naming the file and line, so a damaged file never ends up in a table unnoticed.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if number < len(lines):
-                warnings.warn(f"{path}:{number}: not JSON, skipped: {line[:60]!r}", UserWarning, stacklevel=2)
-            continue
-        if not isinstance(row, dict) or any(k not in row for k in RECORD_KEYS):
-            missing = "not a JSON object" if not isinstance(row, dict) else f"missing {[k for k in RECORD_KEYS if k not in row]}"
-            warnings.warn(f"{path}:{number}: not an eval record ({missing}), skipped: {line[:60]!r}", UserWarning, stacklevel=2)
-            continue
-        rows.pop((str(row["sample_id"]), str(row["method"])), None)
-        rows[(str(row["sample_id"]), str(row["method"]))] = row
-    return list(rows.values())
-
-
-def repair_torn_tail(path: str | Path) -> bool:
-    """Make ``path`` end with a newline before appending, so a new record is never glued onto a torn last line.
-
-    A last line without its newline that is valid JSON gets the newline; one that is not (an interrupted write)
-    is cut off. Returns whether the file changed.
-    """
-    path = Path(path)
-    if not path.exists() or path.stat().st_size == 0:
-        return False
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return False
-    start = data.rfind(b"\n") + 1
-    try:
-        json.loads(data[start:].decode("utf-8"))
-        with open(path, "ab") as f:
-            f.write(b"\n")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        warnings.warn(f"{path}: dropped a torn last line from an interrupted run ({len(data) - start} bytes)", UserWarning, stacklevel=2)
-        with open(path, "r+b") as f:
-            f.truncate(start)
-    return True
+from .tasks import Sample
 
 
 def sample_score(sample: Sample, text: str) -> float:
@@ -269,10 +62,6 @@ def needle_kept(trace: Any, needle: str) -> float | None:
     return float((trace.kept_share(pos)[pruned] == 1.0).mean())
 
 
-@dataclass
-class _Reference:
-    tokens: list[int]
-    first_logits: np.ndarray | None
 
 
 class Runner:

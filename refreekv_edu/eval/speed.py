@@ -152,7 +152,8 @@ def speed_check(model: Any, tokenizer: Any, generate_fn: Callable[..., Any], pat
     evaluation does not measure again; delete it to measure anew.
     """
     from ..policies import FullCache, ReFreeKV
-    from .runner import prompt_digest, token_counter
+    from .config import token_counter
+    from .records import prompt_digest
     from .tasks import approx_tokens, passkey
 
     count = token_counter(tokenizer) if tokenizer is not None else approx_tokens

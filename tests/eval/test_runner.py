@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 import refreekv_edu as rk
+from refreekv_edu.eval import findings_text, plots, report, summary
 from refreekv_edu.eval import methods as meth
-from refreekv_edu.eval import report
-from refreekv_edu.eval.runner import EvalConfig, Runner, needle_kept, read_records
+from refreekv_edu.eval.config import EvalConfig
+from refreekv_edu.eval.records import read_records
+from refreekv_edu.eval.runner import Runner, needle_kept
 
 
 class FakeModel:
@@ -216,12 +218,12 @@ def test_summary_by_hand():
     recs = [_record("a", "full", 1.0, 1.0), _record("b", "full", 0.0, 1.0),
             _record("a", "paper", 1.0, 0.2), _record("b", "paper", 0.0, 0.4),
             _record("a", "h2o@matched", 0.0, 0.2), _record("b", "h2o@matched", 1.0, 0.4)]
-    rows = {r.method: r for r in report.summarize(recs)}
+    rows = {r.method: r for r in summary.summarize(recs)}
     assert list(rows) == ["full", "paper", "h2o@matched"]
     assert rows["paper"].keeps_full == 1.0 and rows["paper"].kv_kept == pytest.approx(0.3)
     assert rows["h2o@matched"].keeps_full == 0.5  # loses sample a, gains sample b (that counts as keeping)
     assert rows["h2o@matched"].score_mean == 0.5 and rows["h2o@matched"].score_worst == 0.0
-    table = report.markdown_table(report.summarize(recs))
+    table = summary.markdown_table(summary.summarize(recs))
     assert table.count("\n") == 1 + 3 and "| passkey | 100 | paper | 2 | 0.50 [0.00, 1.00] | 0.00 | 100% [100, 100] |" in table
     # 95% bootstrap intervals over the two samples: scores 1 and 0 -> the mean's interval spans 0..1
     assert rows["paper"].intervals["score_mean"] == (0.0, 1.0) and rows["paper"].intervals["keeps_full"] == (1.0, 1.0)
@@ -229,13 +231,13 @@ def test_summary_by_hand():
     assert "| 100% [100, 100] | 1.00 [1.00, 1.00] | 0.000 [0.000, 0.000] | 30.0% [20.0, 40.0] | - |" in table.splitlines()[3]
     assert set(rows["paper"].intervals) >= {"score_mean", "keeps_full", "exact_match_full", "token_agreement", "first_token_kl",
                                             "kv_kept", "mean_budget", "prefill_s", "decide_s", "decode_s"}
-    assert "| passkey | 100 | paper | 2 | 1.00 [1.00, 1.00] | 0.100 [0.100, 0.100] | 2.00 [2.00, 2.00] |" in report.timing_table(
-        report.summarize(recs))
-    assert report.bootstrap_interval([0.2, 0.2]) == pytest.approx((0.2, 0.2))
-    lo, hi = report.bootstrap_interval(np.r_[np.zeros(10), np.ones(10)])
+    assert "| passkey | 100 | paper | 2 | 1.00 [1.00, 1.00] | 0.100 [0.100, 0.100] | 2.00 [2.00, 2.00] |" in summary.timing_table(
+        summary.summarize(recs))
+    assert summary.bootstrap_interval([0.2, 0.2]) == pytest.approx((0.2, 0.2))
+    lo, hi = summary.bootstrap_interval(np.r_[np.zeros(10), np.ones(10)])
     assert 0.25 <= lo <= 0.35 and 0.65 <= hi <= 0.75  # mean 0.5, standard error ~0.11
-    assert all(np.isnan(report.bootstrap_interval([])))
-    text = " ".join(report.findings(report.summarize(recs)))
+    assert all(np.isnan(summary.bootstrap_interval([])))
+    text = " ".join(findings_text.findings(summary.summarize(recs)))
     assert "held in 1 of 1 task/length groups (passkey @96)" in text and "keeping 30.0% of the KV bytes" in text
 
 
@@ -295,7 +297,7 @@ def test_runner_on_tiny_random_llama(tmp_path):
         assert fixed["mean_budget"] == pytest.approx(0.75, abs=0.01)
         paper, matched = by[(task, "paper")], by[(task, "snapkv@matched")]
         assert paper["full_layers"] == [0, 1] and matched["mean_budget"] == pytest.approx(paper["mean_budget"], abs=0.01)
-    table = report.markdown_table(report.summarize(records))
+    table = summary.markdown_table(summary.summarize(records))
     assert "snapkv@matched" in table
     calls = []
     again = Runner(cfg, model=model, tokenizer=tok, generate_fn=lambda *a, **k: calls.append(1))
@@ -331,7 +333,7 @@ def test_threshold_sweep_methods_and_plot(tmp_path):
     assert "official-script" not in names  # its own T = 0.05 is not one of the sweep thresholds
     assert meth.parse_method("paper@0.01").name == "paper" and meth.parse_method("paper@0.01").threshold is None
     records = make_runner(tmp_path / "run", methods=("full", "paper@0.001", "paper", "paper@0.1", "official-script")).run()
-    points = report.sweep_points(records)
+    points = plots.sweep_points(records)
     assert list(points) == ["paper"]  # official-script ran at one threshold only: no curve
     ts, budgets, _ = zip(*points["paper"])
     assert ts == (0.001, 0.01, 0.1)
@@ -340,8 +342,8 @@ def test_threshold_sweep_methods_and_plot(tmp_path):
             ((0.001, "paper@0.001"), (0.01, "paper"), (0.1, "paper@0.1"))}
     assert budgets == tuple(pytest.approx(np.mean(by_t[t])) for t in ts)
     pytest.importorskip("matplotlib")
-    assert report.plot_threshold_sweep(records, tmp_path / "s.png").stat().st_size > 1000
-    assert report.plot_threshold_sweep([r for r in records if r["method"] != "paper@0.1" and r["method"] != "paper@0.001"],
+    assert plots.plot_threshold_sweep(records, tmp_path / "s.png").stat().st_size > 1000
+    assert plots.plot_threshold_sweep([r for r in records if r["method"] != "paper@0.1" and r["method"] != "paper@0.001"],
                                        tmp_path / "t.png") is None
 
 
@@ -358,7 +360,7 @@ def test_oracle_budget_is_the_smallest_fixed_budget_that_reproduces_the_full_cac
     assert meth.parse_method("snapkv@oracle").kind == "oracle"
     with pytest.raises(ValueError, match="budget to probe"):
         meth.parse_method("h2o@oracle").policy()
-    text = " ".join(report.findings(report.summarize(records), records))
+    text = " ".join(findings_text.findings(summary.summarize(records), records))
     assert "**Oracle budget (recency@oracle)**" in text and "mean gap" in text
 
 

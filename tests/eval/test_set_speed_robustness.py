@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from test_runner import FakeModel, _record, fake_generate, make_runner  # same folder (rootdir-relative import mode)
 
+from refreekv_edu.eval import comparisons, findings_text, report, speed, summary
 from refreekv_edu.eval import methods as meth
-from refreekv_edu.eval import report, speed
-from refreekv_edu.eval.runner import EvalConfig, Runner, check_writable, read_records, repair_torn_tail, set_threads
+from refreekv_edu.eval.config import EvalConfig
+from refreekv_edu.eval.records import check_writable, read_records, repair_torn_tail
+from refreekv_edu.eval.runner import Runner, set_threads
 from refreekv_edu.eval.tasks import make_samples
 
 
@@ -261,7 +263,7 @@ def test_speed_check_ratio_memory_and_reuse(tmp_path):
     plain = speed.speed_check(model, None, fake_generate, tmp_path / "plain.json", length=128, new_tokens=3, repeats=1,
                               haystack="procedural", progress=False)
     assert plain["best"]["full"]["new_tokens"] == 3
-    text = report.speed_line(out)
+    text = findings_text.speed_line(out)
     assert f"= {out['decode_speed_ratio']:.2f}" in text and "full cache 10.0 tok/s" in text
 
 
@@ -303,14 +305,14 @@ def test_paired_comparison_by_hand():
     for i, (p, b) in enumerate([(1, 1), (1, 0), (1, 0), (0, 1)]):
         recs += [_rec(f"s{i}", "full", 1.0, 1.0), _rec(f"s{i}", "paper", p, 0.4, exact=p),
                  _rec(f"s{i}", "recency@matched-set", b, 0.4, exact=0.0)]
-    (group, total) = report.paired_comparisons(recs, "recency@matched-set")
+    (group, total) = comparisons.paired_comparisons(recs, "recency@matched-set")
     assert group.group == "passkey @96" and total.group == "all" and total.n == 4
     assert total.paper_keeps == 0.75 and total.base_keeps == 0.5 and total.diff_keeps == pytest.approx(0.25)
     assert (total.only_paper, total.only_baseline) == (2, 1)
     assert total.diff_exact == pytest.approx(0.75) and total.diff_exact_ci[0] > 0
     lo, hi = total.diff_keeps_ci
     assert lo < 0 < hi  # differences +0,+1,+1,-1: too few to tell
-    text = " ".join(report.findings(report.summarize(recs), recs))
+    text = " ".join(findings_text.findings(summary.summarize(recs), recs))
     assert "**Fixed budget at the same mean, recency@matched-set** (one budget for the whole set" in text
     assert "+25 points" in text and "no difference this sample size can detect" in text
     assert "**Failed on passkey @96**: the paper preset lost the full cache's score on 1 of 4 samples" in text
@@ -327,14 +329,14 @@ def test_oracle_comparison_by_hand():
         _rec("b", "paper", 1, 0.2), _rec("b", "recency@oracle", 1, 0.5, budget_target=0.5, oracle_probes=probes[:2]),
         _rec("c", "paper", 1, 0.4, exact=0.0), _rec("c", "recency@oracle", 1, 0.5, budget_target=0.5, oracle_probes=probes),
     ]
-    (*_, total) = report.oracle_comparisons(recs, "recency@oracle")
+    (*_, total) = comparisons.oracle_comparisons(recs, "recency@oracle")
     assert total.n == 3
     assert total.above == total.below == total.inside == pytest.approx(1 / 3)
     # gaps in mean budget: (0.6 - 0.5) / 2 = 0.05, -0.15, -0.05 (layers 0-1 whole halve the per-layer gap)
     assert total.gap == pytest.approx((0.05 - 0.15 - 0.05) / 3)
     assert total.below_but_same == 1 and total.gap_when_same == pytest.approx((0.05 - 0.15) / 2)
     assert total.paper_exact == pytest.approx(2 / 3)
-    text = " ".join(report.findings(report.summarize(recs), recs))
+    text = " ".join(findings_text.findings(summary.summarize(recs), recs))
     assert "above the smallest uniform fixed budget that reproduces the full cache's output on 33% of 3 samples, below it on 33%, within the search's resolution on 33%" in text
     assert "mean gap -5.0 points" in text
     assert "It keeps more than the input needed" not in text  # one group of 3: its interval spans 0
@@ -345,6 +347,6 @@ def test_sweep_table_and_finding(tmp_path):
     records = make_runner(tmp_path, methods=("full", "paper@0.001", "paper", "paper@0.1")).run()
     table = report.sweep_table(records)
     assert table.count("| paper |") == 3 and "| paper | 0.1% | 4 |" in table and "| paper | 10% | 4 |" in table
-    text = " ".join(report.findings(report.summarize(records), records))
+    text = " ".join(findings_text.findings(summary.summarize(records), records))
     assert "**Threshold sweep (paper preset)**: from T = 0.1% to T = 10%" in text
     assert report.sweep_table([r for r in records if r["method"] in ("full", "paper")]) == ""
