@@ -5,8 +5,9 @@ vocabulary* that every backend supplies: numpy (the reference, in
 ``reference.py``), torch (+ Triton), MLX (+ Metal). A backend is a subclass of
 :class:`Backend` that implements the vocabulary; it may also override the two
 *fused operations* (``window_scores`` and ``retained_norms``) with kernels.
-The defaults below build them from the vocabulary, so a new backend is correct
-as soon as its vocabulary is.
+The defaults build them from the vocabulary (:mod:`refreekv_edu.fused_ops`, the
+math of Eq. 1 and Eq. 2, which imports neither this module nor the algorithm's),
+so a new backend is correct as soon as its vocabulary is.
 
 Backends are discovered through the ``refreekv_edu.backends`` entry-point group
 (name -> ``"module:Class"``), so adding one (JAX, say) needs no edit here.
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from . import fused_ops
 
 ENTRY_POINT_GROUP = "refreekv_edu.backends"
 
@@ -141,22 +144,18 @@ class Backend:
             window: ``r``, the number of query rows (row ``i`` is prompt position ``L - r + i``; causal mask).
             n_cols: how many leading key positions to report, ``1 <= n_cols <= L``; default ``L - r``.
 
-        The default is the algorithm's own version, :func:`refreekv_edu.policies.window_attention`, written with
+        The default is the algorithm's own version, :func:`refreekv_edu.fused_ops.window_attention`, written with
         this vocabulary; kernel backends override it (Triton, Metal) and must match it.
         """
-        from .policies import window_attention  # the algorithm's file holds the math; imported late (no cycle)
-
-        return window_attention(self, queries, keys, scale, window, n_cols)
+        return fused_ops.window_attention(self, queries, keys, scale, window, n_cols)
 
     def retained_norms(self, a_sorted: Array) -> Array:
         """Fused op for Eq. 2: ``R(e)`` ``(n,)`` float32 for ``e = 0 .. n-1`` from ``a_sorted`` ``(Hq, n)``.
 
-        The default is :func:`refreekv_edu.policies.retained_norms` (a reverse scan in this vocabulary); kernel
+        The default is :func:`refreekv_edu.fused_ops.retained_norms` (a reverse scan in this vocabulary); kernel
         backends override it and must match it.
         """
-        from .policies import retained_norms
-
-        return retained_norms(self, a_sorted)
+        return fused_ops.retained_norms(self, a_sorted)
 
     # ------------------------------------------------------- model integration
     def load_model(self, name_or_path: str, **kwargs: Any) -> tuple[Any, Any]:

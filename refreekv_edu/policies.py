@@ -24,6 +24,12 @@ preset                 what it is
 =====================  =========================================================================
 """
 
+# This file stays whole (about 500 lines) on purpose: it is the one algorithm file. The pipeline
+# (Policy.decide_layer, read top to bottom in the paper's order), the three policies that differ only in
+# num_evicted, and the presets (named field values of ReFreeKV) are read together; splitting them would send
+# a reader back and forth between files. Eq. 1 and Eq. 2 themselves live in fused_ops.py (re-exported here),
+# which backend.py's default fused ops also import, so that backend.py never imports this file (no cycle).
+
 from __future__ import annotations
 
 import math
@@ -34,6 +40,7 @@ import numpy as np
 
 from .backend import Array, Backend, backend_for_arrays, default_scale, get_backend
 from .decision import LayerDecision
+from .fused_ops import retained_norms, window_attention  # noqa: F401 - Eq. 1 and 2, re-exported here
 from .halting import check_threshold, cut_from_ratio, ratio_curve
 from .ranking import WINDOW_RANKINGS, check_ranking, rank_scores
 
@@ -107,45 +114,6 @@ def _check_full_layers(value: Any) -> tuple[int, ...]:
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer < 0:
             raise ValueError(f"full_layers must hold layer indices >= 0, e.g. (0, 1); got {value!r}")
     return tuple(sorted({int(layer) for layer in layers}))
-
-
-# --------------------------------------------------------------------------- the two fused operations
-def window_attention(
-    be: Backend, queries: Array, keys: Array, scale: float, rows: int, n_cols: int | None = None
-) -> tuple[Array, Array]:
-    """Eq. 1: the softmax attention of the last ``rows`` prompt positions, reduced to what a decision reads.
-
-    Args:
-        be: the backend whose vocabulary computes it.
-        queries: ``(Hq, r, D)`` post-RoPE queries of the last ``r = rows`` positions; row ``i`` is position ``L - r + i``.
-        keys: ``(Hkv, L, D)`` post-RoPE keys; query head ``h`` reads KV head ``h // G`` (no ``G``-fold copy).
-        scale: attention scale.
-        rows: ``r`` (1 for the paper: one ``q K^T`` row per head).
-        n_cols: report the first ``n_cols`` key positions (default ``L - r``: those before the window).
-
-    Returns:
-        ``(col_sum, last_row)``, both ``(Hq, n_cols)``: the attention summed over the ``r`` rows (the H2O score) and
-        the last row's attention ``a`` (the halting signal). Only the ``(Hq, r, L)`` block is ever materialised.
-    """
-    num_q_heads, _, head_dim = queries.shape
-    kv_heads, length, _ = keys.shape
-    n = length - rows if n_cols is None else n_cols
-    # The G query heads of a KV head become G * r rows against that head's keys: one matmul per KV head.
-    grouped = queries.reshape(kv_heads, (num_q_heads // kv_heads) * rows, head_dim)
-    logits = be.matmul(grouped, be.transpose_last(keys)).reshape(num_q_heads, rows, length)
-    logits = logits * scale + be.causal_window_mask(rows, length)  # row i sees keys <= L - r + i
-    probs = be.softmax(logits, axis=-1)  # (Hq, r, L): a softmax over all L keys, float32
-    return be.sum(probs[:, :, :n], axis=1), probs[:, rows - 1, :n]
-
-
-def retained_norms(be: Backend, a_sorted: Array) -> Array:
-    """Eq. 2: ``R(e) = mean_h sqrt(sum_{k >= e} a_sorted[h, k]^2)`` for ``e = 0 .. n-1``: ``(n,)``.
-
-    ``a_sorted`` is ``(Hq, n)``, each row in eviction order. The tail sums are a *reverse scan* of the squares,
-    never ``total - prefix`` (which dips below zero in float32 and turns ``sqrt`` into NaN).
-    """
-    tail = be.cumsum(a_sorted * a_sorted, axis=-1, reverse=True)
-    return be.mean(be.sqrt(tail), axis=0)
 
 
 # --------------------------------------------------------------------------- the policies
@@ -259,7 +227,7 @@ class Policy:
                                   groups=groups)
 
         # Eq. 1 - the attention of the last prompt position over all L keys, a = softmax(scale * q K^T), (Hq, L - w)
-        # (be.window_scores: window_attention above, or a kernel). A window ranking also sums the other window rows.
+        # (be.window_scores: fused_ops.window_attention, or a kernel). A window ranking also sums the other window rows.
         rows = min(self.query_rows, length)
         q = queries[:, queries.shape[1] - rows :, :]
         col_sum, last_row = be.window_scores(q, keys, scale, rows, n_cols=length - window)
@@ -284,7 +252,8 @@ class Policy:
             a_sorted = be.asarray(np.concatenate([be.to_numpy(a_sorted), sink_attn_np], axis=1))
             peak = max(peak, float(sink_attn_np.max()))
 
-        # Eq. 2 - the curve: R(e) = mean_h sqrt(sum_{k >= e} a_sorted[h, k]^2) (be.retained_norms, a reverse scan),
+        # Eq. 2 - the curve: R(e) = mean_h sqrt(sum_{k >= e} a_sorted[h, k]^2) (be.retained_norms: a reverse scan,
+        # fused_ops.retained_norms or a kernel),
         # ratio(e) = (R(0) - R(e)) / R(0): the share of the norm lost by evicting the first e candidates.
         ratio = ratio_curve(a_sorted, be, peak)[:n]
 
