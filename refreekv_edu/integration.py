@@ -21,13 +21,16 @@ layer, the prefill, the recomputed queries and the keys of a layer, the compacti
 forward, and the conversion to numpy. ``tests/test_integration.py`` runs this skeleton on a numpy toy model
 to show that a third backend needs nothing more.
 
+Step 1 (encoding and the input checks) is in :mod:`refreekv_edu.encoding`, step 5 (:class:`Sampler` and
+:func:`decode`) in :mod:`refreekv_edu.sampling`; both are re-exported here.
+
 The core imports numpy and the standard library only; arrays of the framework pass through untouched.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +38,16 @@ import numpy as np
 
 from .backend import Backend, BackendConfigError, get_backend
 from .decision import LayerDecision, Trace
-from .generate import GenerationResult, check_prompt, check_sampling
+from .encoding import check_token_ids, display_tokens, encode_prompt, eos_ids
+from .generate import GenerationResult
+from .sampling import Sampler, decode
+
+# Steps 1 and 5 live in their own modules and are re-exported here, so ``refreekv_edu.integration.X`` keeps working.
+__all__ = [
+    "TRACE_META_KEYS", "CompactedPrompt", "Compaction", "LayerSpec", "ModelAdapter", "Sampler", "check_compactable",
+    "check_token_ids", "decide_and_compact", "decision_backend", "decode", "display_tokens", "encode_prompt",
+    "eos_ids", "generate", "prefill_and_compact", "shared_positions", "trace_meta",
+]
 
 Array = Any
 
@@ -167,73 +179,6 @@ def decision_backend(requested: str | Backend | None, default: str) -> Backend:
         return get_backend("numpy")
 
 
-# ----------------------------------------------------------------------------------- prompt and input checks
-def encode_prompt(tokenizer: Any, prompt: Any, chat_template: bool = True) -> list[int]:
-    """Token ids for ``prompt``.
-
-    Args:
-        tokenizer: a Hugging Face style tokenizer (``encode``, ``apply_chat_template``, ``chat_template``); may be
-            ``None`` when ``prompt`` is token ids.
-        prompt: a string (wrapped as one user message when ``chat_template`` and the tokenizer has a template),
-            a list of chat messages (``{"role", "content"}``), or token ids (a list, or a 1-D / ``(1, n)`` array of
-            any framework).
-        chat_template: apply the tokenizer's chat template to a string prompt.
-
-    Raises:
-        ValueError / TypeError: see :func:`refreekv_edu.generate.check_prompt`; a string without a tokenizer; a
-            prompt that encodes to no tokens.
-    """
-    check_prompt(prompt)
-    if hasattr(prompt, "shape") and hasattr(prompt, "tolist"):  # numpy, torch, mlx arrays
-        ids = np.asarray(prompt.tolist()).reshape(-1)
-        if ids.size and ids.dtype.kind not in "iu":
-            raise TypeError(f"token ids must be integers, got an array of {ids.dtype}")
-        return [int(t) for t in ids]
-    if isinstance(prompt, str) or isinstance(prompt[0], dict):
-        if tokenizer is None:
-            raise ValueError("a text or chat prompt needs a tokenizer; pass token ids or give the tokenizer")
-        if isinstance(prompt, str) and not (chat_template and getattr(tokenizer, "chat_template", None)):
-            ids = list(tokenizer.encode(prompt))
-        else:
-            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            if hasattr(ids, "keys"):  # a BatchEncoding
-                ids = ids["input_ids"]
-        if not ids:
-            raise ValueError("the prompt encodes to no tokens; pass some text")
-        return [int(t) for t in ids]
-    return [int(t) for t in prompt]
-
-
-def check_token_ids(
-    ids: list[int], vocab_size: int | None, context_length: int | None, max_new_tokens: int = 0
-) -> None:
-    """Refuse, before the forward pass, ids outside ``[0, vocab_size)`` and sequences longer than the context.
-
-    Raises:
-        ValueError: naming the offending id and the vocabulary size, or the prompt length and the context length.
-    """
-    if not ids:
-        raise ValueError("prompt holds no token ids")
-    low, high = min(ids), max(ids)
-    if low < 0:
-        raise ValueError(f"token ids must be >= 0, got {low}")
-    if vocab_size is not None and high >= vocab_size:
-        raise ValueError(
-            f"token id {high} is out of range: the model's vocabulary has {vocab_size} tokens (ids 0..{vocab_size - 1})"
-        )
-    if context_length is not None:
-        if len(ids) > context_length:
-            raise ValueError(
-                f"the prompt has {len(ids)} tokens but the model's context is {context_length} tokens; shorten it"
-            )
-        if len(ids) + max_new_tokens > context_length:
-            raise ValueError(
-                f"the prompt ({len(ids)} tokens) plus max_new_tokens={max_new_tokens} exceed the model's context of "
-                f"{context_length} tokens; ask for at most {context_length - len(ids)} new tokens"
-            )
-
-
 def check_compactable(policy: Any, layers: Iterable[LayerSpec]) -> None:
     """Refuse ``gqa="expand"`` where a pruned layer is GQA: its kept sets are per query head, the cache per KV head."""
     if not policy.compresses or policy.gqa != "expand":
@@ -248,18 +193,6 @@ def check_compactable(policy: Any, layers: Iterable[LayerSpec]) -> None:
             )
 
 
-def eos_ids(*sources: Any) -> set[int]:
-    """Every ``eos_token_id`` (int or list) and ``eos_token_ids`` found on ``sources`` (tokenizers, generation configs)."""
-    found: set[int] = set()
-    for source in sources:
-        for attr in ("eos_token_id", "eos_token_ids"):
-            value = getattr(source, attr, None) if source is not None else None
-            if value is None:
-                continue
-            found.update([int(value)] if isinstance(value, (int, np.integer)) else (int(v) for v in value))
-    return found
-
-
 def shared_positions(kept: np.ndarray) -> np.ndarray | None:
     """The kept positions ``(n_kept,)`` when every head keeps the same ones (always with recency), else ``None``.
 
@@ -267,38 +200,6 @@ def shared_positions(kept: np.ndarray) -> np.ndarray | None:
     """
     kept = np.asarray(kept)
     return kept[0] if kept.shape[0] == 1 or bool((kept == kept[:1]).all()) else None
-
-
-# ----------------------------------------------------------------------------------- sampling
-class Sampler:
-    """Next token from ``(vocab,)`` numpy logits: argmax at ``temperature == 0``, else softmax sampling at that
-    temperature (restricted to the smallest set of tokens holding ``top_p`` of the mass), seeded by ``seed``.
-
-    Sampling happens in numpy for every backend, so equal logits give equal tokens on torch and MLX.
-    """
-
-    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> None:
-        check_sampling({"temperature": temperature, "seed": seed})
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
-        self.temperature = float(temperature)
-        self.top_p = float(top_p)
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, logits: np.ndarray) -> int:
-        logits = np.asarray(logits, dtype=np.float64)
-        if self.temperature == 0.0:
-            return int(np.argmax(logits))
-        z = logits / self.temperature
-        probs = np.exp(z - z.max())
-        probs /= probs.sum()
-        if self.top_p < 1.0:
-            order = np.argsort(-probs, kind="stable")
-            sorted_probs = probs[order]
-            outside = np.cumsum(sorted_probs) - sorted_probs > self.top_p  # drop tokens once top_p is covered
-            probs[order[outside]] = 0.0
-            probs /= probs.sum()
-        return int(self.rng.choice(probs.size, p=probs))
 
 
 # ----------------------------------------------------------------------------------- the skeleton
@@ -366,40 +267,6 @@ def decide_and_compact(
         kv_bytes_kept=sum(adapter.layer_bytes(layer) for layer in layers),
         decide_s=time.perf_counter() - start,
     )
-
-
-def decode(
-    forward: Callable[[int], np.ndarray],
-    last_logits: np.ndarray,
-    sampler: Callable[[np.ndarray], int],
-    max_new_tokens: int,
-    eos: Iterable[int] = (),
-    progress: bool = False,
-) -> tuple[list[int], np.ndarray]:
-    """Step 5: sample up to ``max_new_tokens`` tokens, the first from ``last_logits``, each next one after ``forward``.
-
-    Returns:
-        ``(tokens, first_logits)``: the generated ids (ending with the EOS id when one came) and the ``(vocab,)``
-        float32 logits of the first decode step, i.e. the first prediction through the compacted cache; with
-        ``max_new_tokens == 1`` or an EOS first there is none and ``last_logits`` are returned.
-    """
-    eos = set(eos)
-    steps: Iterable[int] = range(max_new_tokens)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="decode", leave=False)
-    tokens: list[int] = []
-    logits, first_logits = last_logits, None
-    for step in steps:
-        token = sampler(logits)
-        tokens.append(token)
-        if token in eos or step == max_new_tokens - 1:
-            break
-        logits = forward(token)
-        if first_logits is None:
-            first_logits = logits
-    return tokens, np.asarray(last_logits if first_logits is None else first_logits, dtype=np.float32)
 
 
 @dataclass
@@ -503,10 +370,3 @@ def generate(
     trace = Trace(layers=prompt_state.compaction.decisions, tokens=display_tokens(tokenizer, ids), meta=meta)
     text = tokenizer.decode(tokens, skip_special_tokens=True) if tokenizer is not None else ""
     return GenerationResult(text=text, tokens=tokens, trace=trace, stats=stats, first_logits=first_logits)
-
-
-def display_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
-    """One readable string per token, for traces and widgets (the ids as text without a tokenizer)."""
-    if tokenizer is None:
-        return [str(t) for t in ids]
-    return [tokenizer.decode([t]) for t in ids]
