@@ -9,6 +9,7 @@ lets widgets and the threshold playground re-decide at any threshold instantly.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -314,15 +315,37 @@ class Trace:
         return cls(layers=layers, tokens=list(tokens), meta=dict(meta))
 
     def save(self, path: str | Path) -> Path:
-        """Write :meth:`to_json` to ``path``; returns the path."""
+        """Write :meth:`to_json` to ``path`` (UTF-8) and return the path.
+
+        The file is written next to ``path`` under a temporary name and renamed into place, so a reader (or a second
+        writer) never sees half a trace.
+        """
         path = Path(path)
-        path.write_text(self.to_json())
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(self.to_json(), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
-        """Read a trace written by :meth:`save`."""
-        return cls.from_json(Path(path).read_text())
+        """Read a trace written by :meth:`save`.
+
+        Raises:
+            ValueError: the file is not UTF-8 text, not JSON or not a trace (the message says which).
+            OSError: the file cannot be read (missing, a directory, no permission).
+        """
+        data = Path(path).read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{path} is not a trace: its bytes are not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); "
+                "a trace is the JSON file written by Trace.save"
+            ) from None
+        return cls.from_json(text)
 
     def __repr__(self) -> str:
         return f"Trace(layers={len(self.layers)}, tokens={len(self.tokens)}, mean_budget={self.mean_budget:.3f})"

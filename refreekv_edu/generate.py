@@ -8,6 +8,7 @@ Every backend returns the same :class:`GenerationResult`.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,11 +59,28 @@ class GenerationResult:
         )
 
 
+#: The chat roles a message may have (the roles chat templates know; SmolLM2's renders any, others raise).
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def is_int(value: Any) -> bool:
+    """True for Python and numpy integers (``np.int64(3)`` is an integer); False for bools, floats and strings."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy bools are not Integral
+
+
+def check_max_new_tokens(value: Any) -> int:
+    """``max_new_tokens`` as an int >= 1 (numpy integers accepted; bools, floats and strings refused)."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1 (numpy integers are fine), got {value!r} "
+                         f"({type(value).__name__})")
+    return int(value)
+
+
 def check_prompt(prompt: Any) -> None:
     """Refuse, before any model work, prompts that cannot be one sequence: batches, empty prompts, bad ids.
 
-    Accepted: a non-empty string, a non-empty list of chat messages (dicts with ``role`` and string ``content``),
-    or token ids as a non-empty flat list of non-negative ints or a 1-D array (``(1, n)`` is accepted as one row).
+    Accepted: a non-empty string, a non-empty list of chat messages (dicts with a ``role`` in :data:`CHAT_ROLES`
+    and a string ``content``), or token ids as a non-empty flat list of non-negative ints or a 1-D array (``(1, n)`` is accepted as one row).
     The backends check ids against the vocabulary and the length against the model's context.
     """
     if isinstance(prompt, str):
@@ -86,14 +104,18 @@ def check_prompt(prompt: Any) -> None:
         if not prompt:
             raise ValueError("prompt is an empty list; pass some text, chat messages or token ids")
         if all(isinstance(m, dict) for m in prompt):
-            for m in prompt:
+            for i, m in enumerate(prompt):
                 if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                     raise ValueError(f"each chat message needs a string 'role' and 'content', got {m!r}")
+                if m["role"] not in CHAT_ROLES:
+                    raise ValueError(
+                        f"chat message {i} has role {m['role']!r}; the roles are: {', '.join(CHAT_ROLES)}"
+                    )
             return
         if any(isinstance(t, (list, tuple)) or getattr(t, "shape", ()) != () for t in prompt):
             raise ValueError("prompt is a list of sequences (a batch); generate() takes one sequence: call it per prompt")
         for t in prompt:
-            if isinstance(t, bool) or not isinstance(t, int) and type(t).__module__ != "numpy":
+            if not is_int(t):
                 raise TypeError(f"token ids must be ints, got {t!r} ({type(t).__name__})")
             if int(t) < 0:
                 raise ValueError(f"token ids must be >= 0, got {int(t)}")
@@ -104,13 +126,13 @@ def check_prompt(prompt: Any) -> None:
 
 
 def check_sampling(options: dict[str, Any]) -> None:
-    """``temperature`` must be a finite number >= 0 (0 = greedy); ``seed`` an int."""
+    """``temperature`` must be a finite real number >= 0 (0 = greedy); ``seed`` an int (numpy numbers accepted)."""
     if "temperature" in options and options["temperature"] is not None:
         t = options["temperature"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t < 0:
             raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {t!r}")
     if "seed" in options and options["seed"] is not None:
-        if isinstance(options["seed"], bool) or not isinstance(options["seed"], int):
+        if not is_int(options["seed"]):
             raise TypeError(f"seed must be an int, got {options['seed']!r}")
 
 
@@ -123,7 +145,7 @@ def generate(
         model, tokenizer: as returned by :func:`refreekv_edu.load_model` (or the model library directly).
         prompt: a string (the chat template is applied), a list of chat messages, or a list of token ids.
         policy: a policy (``ReFreeKV()``, ``FixedBudget(...)``, ``FullCache()``); ``None`` means ``ReFreeKV()``.
-        max_new_tokens: decode steps.
+        max_new_tokens: decode steps, an int >= 1 (numpy integers accepted).
         **kwargs: backend options, e.g. ``temperature``, ``seed``, ``chat_template``, ``progress``.
     """
     from .policies import Policy, ReFreeKV
@@ -134,8 +156,7 @@ def generate(
         raise TypeError(
             f"policy must be a refreekv_edu policy (ReFreeKV, FixedBudget, FullCache), got {type(policy).__name__}"
         )
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    max_new_tokens = check_max_new_tokens(max_new_tokens)
     check_prompt(prompt)
     check_sampling(kwargs)
     tried = []

@@ -39,7 +39,7 @@ import numpy as np
 from .backend import Backend, BackendConfigError, get_backend
 from .decision import LayerDecision, Trace
 from .encoding import check_token_ids, display_tokens, encode_prompt, eos_ids
-from .generate import GenerationResult
+from .generate import GenerationResult, check_max_new_tokens
 from .sampling import Sampler, decode
 
 # Steps 1 and 5 live in their own modules and are re-exported here, so ``refreekv_edu.integration.X`` keeps working.
@@ -350,8 +350,7 @@ def generate(
         (:data:`TRACE_META_KEYS`).
     """
     policy = adapter.policy
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    max_new_tokens = check_max_new_tokens(max_new_tokens)
     sampler = Sampler(temperature, top_p, seed)  # bad sampling options fail here, before any model work
     ids = encode_prompt(tokenizer, prompt, chat_template=chat_template)  # 1. encode and check
     check_token_ids(ids, adapter.vocab_size(), adapter.context_length(), max_new_tokens)
@@ -366,7 +365,8 @@ def generate(
     stats = prompt_state.compaction.stats(len(ids))  # 6. one stats dict, one Trace.meta
     stats.update(new_tokens=len(tokens), prefill_s=prompt_state.prefill_s, decode_s=decode_s)
     meta = trace_meta(adapter, policy, prompt_state.backend, prompt_state.layers)
-    meta.update(prompt_tokens=len(ids), temperature=float(temperature), seed=seed)
+    meta.update(prompt_tokens=len(ids), temperature=float(temperature),
+                seed=None if seed is None else int(seed))
     trace = Trace(layers=prompt_state.compaction.decisions, tokens=display_tokens(tokenizer, ids), meta=meta)
     text = tokenizer.decode(tokens, skip_special_tokens=True) if tokenizer is not None else ""
     return GenerationResult(text=text, tokens=tokens, trace=trace, stats=stats, first_logits=first_logits)

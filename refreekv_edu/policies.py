@@ -105,6 +105,18 @@ def _check_count(name: str, value: Any, minimum: int, hint: str) -> int:
     return int(value)
 
 
+def _check_layer(layer: Any) -> int | None:
+    """A layer index as an int (numpy integers accepted), or ``None``; a string, bool, float or negative is refused."""
+    if layer is None:
+        return None
+    if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)) or layer < 0:
+        raise ValueError(
+            f"layer must be a layer index (an int >= 0, e.g. 5) or None (decide regardless of full_layers), "
+            f"got {layer!r} ({type(layer).__name__})"
+        )
+    return int(layer)
+
+
 def _check_full_layers(value: Any) -> tuple[int, ...]:
     try:
         layers = tuple(value)
@@ -173,8 +185,13 @@ class Policy:
         return self.window if self.ranking in WINDOW_RANKINGS else 1
 
     def prunes_layer(self, layer: int | None) -> bool:
-        """False for the layers in ``full_layers`` (a standalone decision, ``layer=None``, always prunes)."""
-        return layer is None or int(layer) not in self.full_layers
+        """False for the layers in ``full_layers`` (a standalone decision, ``layer=None``, always prunes).
+
+        Raises:
+            ValueError: ``layer`` is not ``None`` or an int >= 0 (numpy integers are ints; ``True`` and ``"1"`` are not).
+        """
+        layer = _check_layer(layer)
+        return layer is None or layer not in self.full_layers
 
     def num_evicted(self, ratio: np.ndarray, prompt_len: int, protected: int) -> int:
         """Eq. 3: how many candidates each head evicts, given ``ratio`` ``(n,)`` and ``protected = m + w`` rows."""
@@ -198,12 +215,14 @@ class Policy:
             scale: attention scale; ``None`` means ``1/sqrt(D)``.
             backend: ``"numpy"`` (reference), ``"torch"``, ``"mlx"``, ``"auto"`` (by the arrays' type) or a
                 :class:`~refreekv_edu.backend.Backend`.
-            layer: the layer index; a layer in ``full_layers`` keeps everything (``None``: always decide).
+            layer: the layer index, an int >= 0 (numpy integers accepted); a layer in ``full_layers`` keeps
+                everything (``None``: always decide). A string, a bool, a float or a negative index is refused.
 
         Returns:
             A :class:`~refreekv_edu.decision.LayerDecision`; ``kept`` is ``(Hkv, n_kept)`` for ``gqa="group"``
             and ``(Hq, n_kept)`` for ``gqa="expand"``.
         """
+        layer = _check_layer(layer)
         be = backend_for_arrays(queries, keys) if backend == "auto" else get_backend(backend)
         queries, keys = self._validate(queries, keys, be, scale)
         be = be.next_to(keys)  # arrays the pipeline creates (recency scores, ...) live where the keys live
@@ -288,6 +307,7 @@ class Policy:
 
         Integrations call it for ``full_layers`` so that those layers' keys are never read.
         """
+        layer = _check_layer(layer)
         owners = num_kv_heads if self.gqa == "group" else num_q_heads
         everything = np.broadcast_to(np.arange(prompt_len, dtype=np.int64), (owners, prompt_len)).copy()
         return self._decision(kept=everything, length=prompt_len, sinks=0, window=0, layer=layer,
@@ -401,6 +421,11 @@ class ReFreeKV(Policy):
     never pruned. The same ``T`` serves every input, layer and model; each layer's budget is an *output*.
     :meth:`preset` builds the other named configurations (:data:`PRESETS`).
 
+    ``preset_name`` is the preset the fields are compared with (:attr:`changed`, the repr); :meth:`preset` sets it,
+    and refuses a ``preset_name=`` override naming another preset. Given to the constructor it changes no field:
+    ``ReFreeKV(preset_name="official-script")`` holds the paper's values, and its repr lists every field that
+    differs from official-script's (build that preset with ``ReFreeKV.preset("official-script")``).
+
     Example:
         >>> import numpy as np, refreekv_edu as rk
         >>> rng = np.random.default_rng(0)
@@ -439,9 +464,14 @@ class ReFreeKV(Policy):
         """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-        unknown = set(overrides) - {f.name for f in fields(cls)} - {"preset_name"}
+        unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"unknown ReFreeKV field(s) {sorted(unknown)}; fields: {[f.name for f in fields(cls)]}")
+        if overrides.get("preset_name", name) != name:
+            raise ValueError(
+                f"preset({name!r}, preset_name={overrides['preset_name']!r}) names two presets; the preset is the "
+                f"first argument: ReFreeKV.preset({overrides['preset_name']!r}, ...)"
+            )
         return cls(**{**PRESETS[name], **overrides, "preset_name": name})
 
     @property
@@ -475,6 +505,9 @@ class FixedBudget(Policy):
     name = "fixed"
 
     def __post_init__(self) -> None:
+        if isinstance(self.budget, (bool, np.bool_)):
+            raise TypeError(f"budget must be a number in (0, 1] (the share of the prompt's KV rows to keep), "
+                            f"got {self.budget!r}, a bool; write FixedBudget(1.0) to keep everything")
         try:
             value = float(self.budget)
         except (TypeError, ValueError):

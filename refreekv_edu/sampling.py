@@ -8,6 +8,7 @@ equal logits give equal tokens on torch and MLX. Numpy and the standard library 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -24,7 +25,7 @@ class Sampler:
 
     def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> None:
         check_sampling({"temperature": temperature, "seed": seed})
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+        if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
         self.temperature = float(temperature)
         self.top_p = float(top_p)
