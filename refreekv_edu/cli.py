@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:  # a bad input or an unwritable path: one line, no traceback
         print(f"refreekv-edu {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

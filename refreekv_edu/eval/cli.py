@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..policies import PRESETS
 from .datasets import DATASETS
@@ -83,6 +84,27 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="interleaved runs per method in the speed step; the fastest decode is kept (default: %(default)s)")
 
 
+#: Decode steps left free under the context when ``--max-new-tokens`` is not given (the longest task default).
+ANSWER_ROOM = 32
+
+
+def check_context(config: Any) -> None:
+    """Refuse, before the model loads, prompt lengths its context cannot hold (read from the model's own metadata:
+    the GGUF header of the bundled model, see :func:`refreekv_edu.models.context_length`; unknown for hub ids)."""
+    from ..models import context_length
+
+    context = context_length(config.model)
+    if context is None:
+        return
+    room = config.max_new_tokens or ANSWER_ROOM
+    for option, length in [("--lengths", n) for n in config.lengths] + [("--speed-length", config.speed_length)]:
+        if length is not None and int(length) + room > context:
+            raise ValueError(
+                f"{option} {length} does not fit: {config.model}'s context is {context} tokens (from its metadata), "
+                f"prompt plus up to {room} answer tokens; use lengths up to {context - room}"
+            )
+
+
 def run_eval_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Run ``refreekv-edu eval`` with parsed ``args``; prints the summary table and where files went."""
     from .config import EvalConfig
@@ -129,6 +151,7 @@ def run_eval_from_args(args: argparse.Namespace, argv: list[str] | None = None) 
             records = [r for r in records if r["method"] in names]
     else:
         config.validate()
+        check_context(config)  # before the model loads: --lengths 100000 is refused here
         check_writable(out)  # before the model loads
         print(f"loading {config.model} on backend {config.backend} ...", file=sys.stderr, flush=True)
         runner = Runner(config)
@@ -152,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="refreekv-edu eval", description="evaluate ReFreeKV vs full cache and fixed budgets")
     add_eval_arguments(parser)
     args = parser.parse_args(argv)
-    return run_eval_from_args(args, ["refreekv-edu", "eval", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run_eval_from_args(args, ["refreekv-edu", "eval", *(sys.argv[1:] if argv is None else argv)])
+    except (ValueError, RuntimeError, OSError) as exc:  # one line, like `refreekv-edu eval`
+        print(f"refreekv-edu eval: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
