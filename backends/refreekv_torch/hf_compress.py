@@ -38,7 +38,6 @@ from refreekv_edu.decision import LayerDecision, Trace
 from refreekv_edu.integration import ModelAdapter, check_compactable, decide_and_compact, trace_meta
 
 from . import hf_adapter, hf_cache
-from .backend import TorchBackend
 from .hf_attention import FittedAttention
 from .hf_cache import CompactedKVCache, check_dynamic, layer_bytes, layer_rows
 
@@ -111,7 +110,8 @@ class TransformersAdapter(ModelAdapter):
     def decision_backend(self, requested: str | Backend | None = None) -> Backend:
         backend = super().decision_backend(requested)
         # Helper arrays the core builds from numpy must sit next to the model's tensors: pin the device.
-        return backend.on(self.device) if isinstance(backend, TorchBackend) and backend.device is None else backend
+        # Through the protocol's next_to (not TorchBackend itself): importing backend.py here would close an import cycle.
+        return backend.next_to(torch.empty(0, device=self.device))
 
     # ------------------------------------------------------------------ capture
     def attach_capture(self) -> None:
