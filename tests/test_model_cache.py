@@ -92,6 +92,11 @@ def fake_gguf(tmp_path, monkeypatch):
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", staticmethod(fake_model))
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", staticmethod(fake_tok))
+    # The stand-in is not a real GGUF: no metadata for the tokenizer normalisation to read (tested on the real one
+    # in tests/torch/test_transformers_versions.py).
+    from refreekv_torch import loading
+
+    monkeypatch.setattr(loading, "gguf_tokenizer", lambda tokenizer, gguf: tokenizer)
     return gguf, calls
 
 

@@ -88,6 +88,25 @@ def check_supported(model: Any) -> str:
     return kind
 
 
+def cache_kwarg(model: Any) -> str:
+    """The keyword the model's ``forward`` takes its KV cache under: ``"cache"`` (transformers >= 5.3) or
+    ``"past_key_values"`` (5.0-5.2, where an unknown ``cache=`` lands in ``**kwargs`` and is ignored).
+
+    Read from the signature, not from the version number: a model class that is not on the new name yet
+    still gets the old one.
+    """
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    if "cache" in params:
+        return "cache"
+    if "past_key_values" in params:
+        return "past_key_values"
+    raise UnsupportedModelError(
+        f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`; cannot pass it a KV cache"
+    )
+
+
 def decoder_layers(model: Any) -> list[torch.nn.Module]:
     """The decoder layers, in order (``model.model.layers`` for every supported family)."""
     inner = getattr(model, "model", model)

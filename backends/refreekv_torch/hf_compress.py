@@ -76,6 +76,7 @@ class TransformersAdapter(ModelAdapter):
         self.model = model
         self.attention_layers = hf_adapter.attention_layers(model)  # raises for unsupported families
         self.attention = FittedAttention(model)  # raises for attention implementations other than sdpa / eager
+        self.cache_kwarg = hf_adapter.cache_kwarg(model)  # "cache" (transformers >= 5.3) or "past_key_values"
         self.cache: Any = None
         self.captured: dict[int, Captured] = {}
         self.prompt_len = 0
@@ -110,7 +111,8 @@ class TransformersAdapter(ModelAdapter):
     def decision_backend(self, requested: str | Backend | None = None) -> Backend:
         backend = super().decision_backend(requested)
         # Helper arrays the core builds from numpy must sit next to the model's tensors: pin the device.
-        # Through the protocol's next_to (not TorchBackend itself): importing backend.py here would close an import cycle.
+        # Through the protocol's next_to (not TorchBackend itself): backend.py imports this module's caller
+        # (generation.py) lazily, so importing backend.py here would close an import cycle.
         return backend.next_to(torch.empty(0, device=self.device))
 
     # ------------------------------------------------------------------ capture
@@ -170,12 +172,48 @@ class TransformersAdapter(ModelAdapter):
     def prefill(self, ids: list[int], progress: bool = False) -> np.ndarray:
         from transformers import DynamicCache
 
-        self.cache = DynamicCache(config=self.model.config)
+        given = self.cache = DynamicCache(config=self.model.config)
         with self.capturing():
             input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-            out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_kwarg: given})
+        if self.cache is not given:  # the hooks saw a cache the model made itself: ours was ignored
+            raise RuntimeError(
+                f"the model ignored the KV cache passed as `{self.cache_kwarg}=` and built its own, so decoding "
+                "would not see the compacted cache; this transformers version takes the cache under another keyword"
+            )
         self.prompt_len = len(ids)
+        self.check_captured()
         return self.to_numpy(out.logits[0, -1])
+
+    def check_captured(self) -> None:
+        """After a prefill: every pruned layer's hook saw it and its cache holds the whole prompt.
+
+        This is what stops a transformers version (or a caller) from silently leaving the cache unpruned: a cache
+        passed under a keyword the model does not know stays empty, and a forward that bypasses the hooks
+        captures nothing.
+
+        Raises:
+            RuntimeError: naming the first layer that was not captured or holds the wrong number of rows.
+        """
+        if not self.policy.compresses:
+            return
+        pruned = [layer for layer in self.attention_layers if layer.compressible and self.policy.prunes_layer(layer.index)]
+        if not pruned:  # e.g. a sliding-window-only model: every layer stays whole, nothing to check
+            return
+        if self.cache is None or not self.pending:
+            raise RuntimeError(
+                "the prefill ran but no attention layer saw a KV cache, so nothing can be compressed; the model "
+                f"takes its cache as `{self.cache_kwarg}=` (check the installed transformers version)"
+            )
+        for layer in pruned:
+            if layer.index not in self.captured:
+                raise RuntimeError(f"layer {layer.index} captured no queries in the prefill; nothing would be pruned")
+            rows = layer_rows(self.cache.layers[layer.index]) if layer.index < len(self.cache.layers) else 0
+            if rows != self.prompt_len:
+                raise RuntimeError(
+                    f"layer {layer.index}: the cache holds {rows} rows after a {self.prompt_len}-token prefill "
+                    "(an empty cache means the model did not write into the cache it was given)"
+                )
 
     def decision_inputs(self, layer: hf_adapter.AttentionLayer) -> tuple[torch.Tensor, torch.Tensor]:
         captured = self.captured.get(layer.index)
@@ -196,7 +234,8 @@ class TransformersAdapter(ModelAdapter):
 
     def forward(self, token: int) -> np.ndarray:
         input_ids = torch.tensor([[token]], dtype=torch.long, device=self.device)
-        return self.to_numpy(self.model(input_ids=input_ids, cache=self.cache, use_cache=True).logits[0, -1])
+        out = self.model(input_ids=input_ids, use_cache=True, **{self.cache_kwarg: self.cache})
+        return self.to_numpy(out.logits[0, -1])
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
         return x.detach().float().cpu().numpy()

@@ -10,7 +10,7 @@ The model comes back in eval mode with ``sdpa`` attention (``eager`` also works 
 
 Converting a GGUF (dequantizing every tensor and rebuilding the tokenizer from its metadata) takes ~20 s on a
 laptop CPU, so it is done once: the converted model and tokenizer are saved (``save_pretrained``, safetensors)
-under ``<cache_dir()>/converted/<gguf name>-<sha256 prefix>/torch-transformers<major.minor>-<dtype>/`` and later
+under ``<cache_dir()>/converted/<gguf name>-<sha256 prefix>/torch-v<format>-tok<rev>-transformers<major.minor>-<dtype>/`` and later
 loads read that folder (offline, ~1 s). The folder is written to a temporary name and renamed when complete, with
 a manifest of its files and sizes; a folder whose manifest does not match (an interrupted copy, a deleted file) is
 rebuilt (the mechanics, shared with the MLX loader, are in :mod:`refreekv_edu.convert_cache`).
@@ -32,6 +32,63 @@ from refreekv_edu.models import ARTIFACTS, fetch_model
 from . import hf_adapter
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+#: Revision of :func:`gguf_tokenizer`'s normalisation; part of the cache folder name, so a folder converted
+#: before it (a transformers 5.0-5.2 tokenizer that adds a BOS and calls ``<|im_start|>`` the EOS) is rebuilt.
+TOKENIZER_REVISION = 2
+
+
+def gguf_special_tokens(gguf: Path) -> dict[str, Any]:
+    """The tokenizer facts a GGUF's metadata states: ``{"bos", "eos", "pad", "unk"}`` token ids (or ``None``) and
+    ``add_bos`` / ``add_eos`` (bools; ``False`` when absent)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+
+    def value(key: str) -> Any:
+        field = fields.get(f"tokenizer.ggml.{key}")
+        return None if field is None else field.parts[field.data[0]].tolist()[0]
+
+    ids = {name: value(f"{key}_token_id") for name, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown"))}
+    return ids | {"add_bos": bool(value("add_bos_token")), "add_eos": bool(value("add_eos_token"))}
+
+
+def gguf_tokenizer(tokenizer: Any, gguf: Path) -> Any:
+    """The converted tokenizer made to follow the GGUF's own metadata, the same on every transformers version.
+
+    transformers 5.0-5.2 convert the bundled GGUF into a ``CodeLlamaTokenizer`` that prepends ``<|im_start|>``
+    to every raw ``encode`` (the GGUF says ``add_bos_token = False``) and names ``<|im_start|>`` the EOS (the
+    GGUF says id 2, ``<|im_end|>``); 5.3+ follow the metadata. So on every version the tokenizer is rebuilt as a
+    plain ``PreTrainedTokenizerFast`` around the same tokenizers model, pre-tokenizer and decoder, with the
+    special tokens and the BOS/EOS post-processing the GGUF states, and the GGUF's chat template.
+    """
+    import copy
+
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    facts = gguf_special_tokens(gguf)
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    names = {index: token for token, index in backend.get_vocab(with_added_tokens=True).items()}
+    special = {key: names.get(facts[key]) for key in ("bos", "eos", "pad", "unk") if facts[key] is not None}
+    single = " ".join(
+        ([f"{special['bos']}:0"] if facts["add_bos"] and "bos" in special else [])
+        + ["$A:0"]
+        + ([f"{special['eos']}:0"] if facts["add_eos"] and "eos" in special else [])
+    )
+    added = [special[k] for k in ("bos", "eos") if facts[f"add_{k}"] and k in special]
+    pair = single.replace(":0", ":1").replace("$A", "$B")
+    backend.post_processor = processors.TemplateProcessing(
+        single=single, pair=f"{single} {pair}", special_tokens=[(t, backend.token_to_id(t)) for t in dict.fromkeys(added)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=special.get("bos"),
+        eos_token=special.get("eos"),
+        pad_token=special.get("pad"),
+        unk_token=special.get("unk"),
+        chat_template=getattr(tokenizer, "chat_template", None),
+    )
 
 
 def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -78,7 +135,7 @@ def converted_dir(gguf: Path, sha256: str, dtype: torch.dtype) -> Path:
     import transformers
 
     version = convert_cache.major_minor(transformers.__version__)
-    name = f"torch-v{convert_cache.CACHE_FORMAT}-transformers{version}-{_dtype_name(dtype)}"
+    name = f"torch-v{convert_cache.CACHE_FORMAT}-tok{TOKENIZER_REVISION}-transformers{version}-{_dtype_name(dtype)}"
     return convert_cache.converted_root(gguf, sha256) / name
 
 
@@ -99,7 +156,7 @@ def _convert_into_cache(source: str, gguf_file: str, sha256: str, dtype: torch.d
     start = time.perf_counter()
     with tqdm(total=3, desc="GGUF -> torch (once)", unit="step", file=sys.stderr) as bar:
         bar.set_postfix_str("tokenizer")
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+        tokenizer = gguf_tokenizer(AutoTokenizer.from_pretrained(source, gguf_file=gguf_file), gguf)
         bar.update()
         bar.set_postfix_str("weights")
         model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=dtype)
@@ -211,6 +268,8 @@ def load_model(
     else:
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        if gguf_file:
+            tokenizer = gguf_tokenizer(tokenizer, Path(source) / gguf_file)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, attn_implementation=attn_implementation, **extra, **kwargs
         )
