@@ -45,6 +45,7 @@ import numpy as np
 
 from .demo_report import failure_reason, format_report, write_outputs
 from .demo_setup import METHODS, PROMPT_LABELS, DemoResult, DemoRun, demo_policies, demo_samples, method_label
+from .dir_lock import folder_lock
 from .eval.methods import matched_budget
 from .eval.tasks import Sample
 
@@ -86,7 +87,10 @@ def run_demo(
 
     Args:
         backend: ``"auto"``, ``"torch"`` or ``"mlx"`` (the model backend).
-        out_dir: output directory, created and checked writable before the model loads.
+        out_dir: output directory, created and checked writable before the model loads (after ``model`` is
+            checked: a bad name leaves no folder behind). One demo at a time writes there: a second one raises
+            :class:`~refreekv_edu.dir_lock.FolderBusyError` before loading the model. A run that fails removes the
+            folders it created while they are still empty.
         model: a bundled model name or a path/hub id the backend can load.
         plot: write ``budgets.png`` (needs matplotlib).
         save_traces: write each prompt's ReFreeKV (paper) trace as JSON.
@@ -95,18 +99,39 @@ def run_demo(
         samples: other prompts (default :func:`demo_samples`, built with the model's tokenizer); a set of four is
             labelled with :data:`PROMPT_LABELS`, any other by sample id.
     """
-    from .backend import auto_backend_name
-    from .eval.config import token_counter
-    from .eval.runner import sample_score
-    from .generate import generate
-    from .models import load_model
+    from .models import check_local_gguf, check_model_name
 
     out = out or sys.stdout
     started = time.perf_counter()
     if backend not in ("auto", "torch", "mlx"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'mlx', got {backend!r}")
+    check_model_name(model)  # a name that cannot load fails before any folder is created
+    if str(model).endswith(".gguf"):
+        check_local_gguf(Path(model).expanduser())
+    requested = Path(out_dir).expanduser().resolve()
+    created = [p for p in (requested, *requested.parents) if not p.exists()]
     path = prepare_out_dir(out_dir)
-    print(f"refreekv-edu demo: output directory {path}", file=out, flush=True)
+    try:
+        with folder_lock(path, "demo"):  # a second demo on the same --out says so and stops here
+            print(f"refreekv-edu demo: output directory {path}", file=out, flush=True)
+            return _run_locked(path, backend, model, plot, save_traces, progress, out, samples, started)
+    except BaseException:
+        for folder in created:  # remove only the folders this run created, and only while they are empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _run_locked(path: Path, backend: str, model: str, plot: bool, save_traces: bool, progress: bool, out: Any,
+                samples: Sequence[Sample] | None, started: float) -> DemoResult:
+    """The demo's body, run while this process holds ``path``'s lock (arguments as :func:`run_demo`'s)."""
+    from .backend import auto_backend_name
+    from .eval.config import token_counter
+    from .eval.runner import sample_score
+    from .generate import generate
+    from .models import load_model
 
     def say(msg: str) -> None:
         if progress:
