@@ -61,7 +61,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--gqa", default="group", choices=["group", "expand"], help="GQA mode (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help="local dataset files for the paper's datasets (else the HF hub)")
-    parser.add_argument("--haystack", default="docs", choices=["docs", "procedural"], help="filler text source (default: %(default)s)")
+    parser.add_argument("--haystack", default="prose", choices=["prose", "docs", "procedural"],
+                        help="filler text source: prose (same on every machine), docs (stdlib docstrings: depend on the Python version), procedural (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="override every sample's decode length, >= 1 (default: each task's own)")
     parser.add_argument("--results-md", default=None, metavar="PATH",

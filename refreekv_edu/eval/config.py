@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .datasets import DATASETS, load_dataset_samples
+from .haystack import SOURCES
 from .methods import DEFAULT_METHODS, ORACLE_TOLERANCE, parse_methods
 from .tasks import TASKS, Sample, TokenCounter, make_samples
 
@@ -28,7 +29,7 @@ class EvalConfig:
         window: ``w`` of the ``h2o``/``snapkv`` fixed baselines (>= 1; the presets keep their own window).
         gqa: the GQA mode of every method (``"group"`` or ``"expand"``).
         data_dir: local dataset files (see :mod:`refreekv_edu.eval.datasets`).
-        haystack: ``"docs"`` (stdlib docstrings) or ``"procedural"``.
+        haystack: ``"prose"`` (the default, the same on every machine), ``"docs"`` (stdlib docstrings) or ``"procedural"``.
         max_new_tokens: overrides each sample's own decode length when set (an int >= 1).
         progress: tqdm bars.
         oracle_tolerance: the ``<ranking>@oracle`` binary search stops when the budget interval is this narrow
@@ -53,7 +54,7 @@ class EvalConfig:
     window: int = 8
     gqa: str = "group"
     data_dir: str | None = None
-    haystack: str = "docs"
+    haystack: str = "prose"
     max_new_tokens: int | None = None
     progress: bool = True
     oracle_tolerance: float = ORACLE_TOLERANCE
@@ -88,8 +89,8 @@ class EvalConfig:
             raise ValueError(f"max_new_tokens must be an int >= 1 (or None: each task's own), got {self.max_new_tokens!r}")
         if self.gqa not in GQA_MODES:
             raise ValueError(f"gqa must be one of {', '.join(GQA_MODES)}, got {self.gqa!r}")
-        if self.haystack not in ("docs", "procedural"):
-            raise ValueError(f"haystack must be 'docs' or 'procedural', got {self.haystack!r}")
+        if self.haystack not in SOURCES:
+            raise ValueError(f"haystack must be one of {', '.join(map(repr, SOURCES))}, got {self.haystack!r}")
         if not 0.0 < float(self.oracle_tolerance) < 0.5:
             raise ValueError(f"oracle_tolerance must lie in (0, 0.5), e.g. 1/64, got {self.oracle_tolerance!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):

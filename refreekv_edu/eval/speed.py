@@ -144,7 +144,7 @@ def summarize_speed(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def speed_check(model: Any, tokenizer: Any, generate_fn: Callable[..., Any], path: str | Path, length: int = 4096,
-                new_tokens: int = 32, repeats: int = 2, seed: int = 0, haystack: str = "docs", model_name: str = "",
+                new_tokens: int = 32, repeats: int = 2, seed: int = 0, haystack: str = "prose", model_name: str = "",
                 progress: bool = True) -> dict[str, Any]:
     """Run (or reuse) the speed step and write ``path`` (``<out>/speed.json``).
 

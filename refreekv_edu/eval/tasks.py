@@ -107,12 +107,12 @@ def insert_at_depths(units: list[str], sizes: list[int], needles: Sequence[str],
 
 
 def _haystack(source: str, seed: int, budget: int, count: TokenCounter) -> tuple[list[str], list[int]]:
-    per_unit = 60 if source == "docs" else 16
+    per_unit = {"docs": 60, "prose": 80}.get(source, 16)  # tokens per unit, roughly
     units = haystack_units(source, seed, max(8, 2 * budget // per_unit + 8))
     return _fill(units, budget, count)
 
 
-def passkey(length: int, depth: float, seed: int, index: int = 0, count: TokenCounter = approx_tokens, source: str = "docs") -> Sample:
+def passkey(length: int, depth: float, seed: int, index: int = 0, count: TokenCounter = approx_tokens, source: str = "prose") -> Sample:
     """A pass key at ``depth`` (0 = start, 1 = end) of a ~``length``-token prompt."""
     rng = random.Random(f"passkey-{length}-{depth}-{seed}-{index}")
     key = str(rng.randint(10000, 99999))
@@ -136,7 +136,7 @@ def passkey(length: int, depth: float, seed: int, index: int = 0, count: TokenCo
 _NEEDLE_KEYS = ("apple", "river", "violet", "falcon", "copper", "meadow", "harbor", "lantern", "cedar", "comet", "saffron", "glacier")
 
 
-def multi_needle(length: int, seed: int, index: int = 0, needles: int = 3, count: TokenCounter = approx_tokens, source: str = "docs") -> Sample:
+def multi_needle(length: int, seed: int, index: int = 0, needles: int = 3, count: TokenCounter = approx_tokens, source: str = "prose") -> Sample:
     """``needles`` magic numbers at evenly spread depths; the question asks for one of them."""
     if not 2 <= needles <= len(_NEEDLE_KEYS):
         raise ValueError(f"needles must be between 2 and {len(_NEEDLE_KEYS)}, got {needles}")
@@ -197,7 +197,7 @@ def short_instruction(seed: int, index: int = 0) -> Sample:
     )
 
 
-def continuation(length: int, seed: int, index: int = 0, count: TokenCounter = approx_tokens, source: str = "docs",
+def continuation(length: int, seed: int, index: int = 0, count: TokenCounter = approx_tokens, source: str = "prose",
                  reference_words: int = 24) -> Sample:
     """Natural text of ~``length`` tokens cut in the middle of a paragraph; the reference is what follows."""
     units = haystack_units(source, seed * 1000 + 900 + index, max(16, 2 * length // 40 + 16))
@@ -260,7 +260,7 @@ def reading(seed: int, index: int = 0) -> Sample:
     )
 
 
-def repeat(length: int, seed: int, index: int = 0, count: TokenCounter = approx_tokens, source: str = "docs",
+def repeat(length: int, seed: int, index: int = 0, count: TokenCounter = approx_tokens, source: str = "prose",
            reference_words: int = 16) -> Sample:
     """One paragraph written out until ~``length`` tokens, then begun again and cut; the reference is what follows.
 
@@ -293,7 +293,7 @@ def make_samples(
     seed: int = 0,
     count_tokens: TokenCounter | None = None,
     depths: Sequence[float] = DEFAULT_DEPTHS,
-    source: str = "docs",
+    source: str = "prose",
 ) -> list[Sample]:
     """``n`` samples of ``task`` at ~``length`` tokens (``short`` and ``reading`` ignore ``length``).
 

@@ -23,7 +23,7 @@ def test_deterministic_by_seed(task):
     assert len({s.id for s in a}) == 3
 
 
-@pytest.mark.parametrize("source", ["docs", "procedural"])
+@pytest.mark.parametrize("source", ["prose", "docs", "procedural"])
 @pytest.mark.parametrize("length", [256, 1024, 4096])
 @pytest.mark.parametrize("depth", [0.0, 0.1, 0.5, 0.9, 1.0])
 def test_passkey_at_requested_depth_and_length(source, length, depth):
@@ -69,8 +69,8 @@ def test_short_instructions_are_short_and_answerable():
 
 def test_continuation_reference_follows_prompt():
     s = tasks.continuation(600, seed=2, count=words)
-    assert not s.chat and s.metric == "rouge_l"
-    paragraphs = set(haystack.doc_paragraphs())
+    assert not s.chat and s.metric == "rouge_l" and s.meta["haystack"] == "prose"
+    paragraphs = set(haystack.haystack_units("prose", 2 * 1000 + 900, 64))
     last = s.prompt.split("\n\n")[-1]
     full = f"{last} {s.references[0]}"
     assert any(p.startswith(full) for p in paragraphs)  # the prompt ends mid-paragraph, the reference continues it
@@ -102,7 +102,7 @@ def test_reading_asks_a_fact_stated_once_in_the_paragraph():
     assert score("contains", f"The house is {colour.references[0]}.", colour.references) == 1.0
 
 
-@pytest.mark.parametrize("source", ["docs", "procedural"])
+@pytest.mark.parametrize("source", ["prose", "docs", "procedural"])
 def test_repeat_copies_one_paragraph_and_cuts_the_last_copy(source):
     s = tasks.repeat(600, seed=1, count=words, source=source)
     parts = s.prompt.split("\n\n")
