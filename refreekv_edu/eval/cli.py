@@ -52,6 +52,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "binary search: ~7 generations per sample); 'sweep' (every preset at T = 0.1%%..10%%). "
                              "Validated before the model loads (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="samples per task and length (default: %(default)s)")
+    parser.add_argument("--sweep-samples", type=int, default=None, metavar="N",
+                        help="run ReFreeKV methods other than the paper preset itself (ablation presets, the sweep) on only the first N samples of each task and length")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated prompts (default: %(default)s)")
     parser.add_argument("--model", default="smollm2-135m", help="model name or path (default: the bundled %(default)s)")
     parser.add_argument("--backend", default="auto", help="torch | mlx | auto (default)")
@@ -136,6 +138,7 @@ def run_eval_from_args(args: argparse.Namespace, argv: list[str] | None = None) 
         speed_length=args.speed_length,
         speed_new_tokens=args.speed_new_tokens,
         speed_repeats=args.speed_repeats,
+        sweep_samples=args.sweep_samples,
     )
     out = Path(config.out_dir)
     argv = list(sys.argv if argv is None else argv)

@@ -41,6 +41,10 @@ class EvalConfig:
             ``<out>/speed.json`` gets decode tokens/s of each and their ratio (see :mod:`.speed`).
         speed_new_tokens: decode steps of the speed step (the same for both; end-of-sequence ignored).
         speed_repeats: runs of each method in the speed step (the fastest decode is kept).
+        sweep_samples: run every ReFreeKV method except the paper preset itself (the ablation presets, any
+            preset at another threshold: the ``sweep``) only on the first ``sweep_samples`` samples of each task
+            and length (``None``: on every sample); the paper preset, the full cache and the fixed baselines
+            still run on all of them.
     """
 
     tasks: list[str] = field(default_factory=lambda: ["passkey", "multi_needle", "short", "reading", "continuation", "repeat"])
@@ -62,6 +66,7 @@ class EvalConfig:
     speed_length: int | None = None
     speed_new_tokens: int = 32
     speed_repeats: int = 2
+    sweep_samples: int | None = None
 
     def validate(self) -> None:
         """Check the config before any model is loaded; return nothing if it is usable.
@@ -80,6 +85,10 @@ class EvalConfig:
             raise ValueError(f"lengths must be token counts >= 64, got {self.lengths}")
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
             raise ValueError(f"samples must be an int >= 1, got {self.samples!r}")
+        if self.sweep_samples is not None and (
+            isinstance(self.sweep_samples, bool) or not isinstance(self.sweep_samples, int) or self.sweep_samples < 1
+        ):
+            raise ValueError(f"sweep_samples must be an int >= 1 (or None: every sample), got {self.sweep_samples!r}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"window must be an int >= 1 (the h2o/snapkv baselines score candidates by the last w "
                              f"queries; the official script uses 8), got {self.window!r}")

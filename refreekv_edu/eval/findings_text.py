@@ -10,6 +10,7 @@ import numpy as np
 
 from ..policies import PRESETS
 from .comparisons import oracle_comparisons, paired_comparisons
+from .layer_losses import layer_losses, layer_losses_finding
 from .plots import sweep_points
 from .summary import SummaryRow, _ci, _fmt, _n, _pct, _pct_ci, bootstrap_interval, task_label
 
@@ -109,6 +110,10 @@ def findings(rows: Sequence[SummaryRow], records: Sequence[dict[str, Any]] | Non
                        f"{_pct(e1)}; the highest fidelity, {_pct(best[2])}, comes at T = {100 * best[0]:g}% "
                        f"(budget {_fmt(100 * best[1], '.1f')}%)"
                        + ("; no threshold reproduced the full cache on every sample." if best[2] < 1.0 else "."))
+    ll = layer_losses(records) if records else None
+    line = layer_losses_finding(ll) if ll is not None else None
+    if line:
+        out.append(line)
     if speed and speed.get("decode_speed_ratio"):
         ratio = speed["decode_speed_ratio"]
         out.append(f"**Decode speed**: {speed_line(speed)} ({'faster' if ratio > 1 else 'not faster'} than the full cache"

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..policies import PRESETS
 from .summary import summarize, task_label
+from .sweep import sweep_groups, sweep_samples
 
 
 def _pyplot():
@@ -124,14 +125,10 @@ def plot_layer_profile(records: Sequence[dict[str, Any]], path: Path, method: st
 
 def sweep_points(records: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float, float]]]:
     """Per preset, ``(threshold, mean budget, share of outputs identical to the full cache's)`` for every threshold
-    it ran at (over all samples), sorted by threshold; presets with a single threshold are left out."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        preset = r["method"].split("@")[0]
-        if preset in PRESETS and r.get("threshold") is not None:
-            groups[(preset, float(r["threshold"]))].append(r)
+    it ran at (over the samples the sweep covered, :func:`~.sweep.sweep_samples`), sorted by threshold; presets
+    with a single threshold are left out."""
     out: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
-    for (preset, t), rs in sorted(groups.items()):
+    for (preset, t), rs in sweep_groups(records).items():
         out[preset].append((t, float(np.mean([r["mean_budget"] for r in rs])),
                             float(np.mean([r["exact_match_full"] for r in rs]))))
     return {p: pts for p, pts in out.items() if len(pts) > 1}
@@ -151,8 +148,9 @@ def plot_threshold_sweep(records: Sequence[dict[str, Any]], path: Path) -> Path 
         for t, b, s in pts:
             ax.annotate(f"{100 * t:g}%", (100 * b, 100 * s), textcoords="offset points", xytext=(3, 3), fontsize=7)
     baselines = sorted({r["method"] for r in records if r["method"].endswith(("@matched", "@matched-set", "@oracle"))})
+    ids = sweep_samples(records)
     for name, marker in zip(baselines, "s^xvD<>"):  # fixed budgets for reference, over the same samples
-        rs = [r for r in records if r["method"] == name]
+        rs = [r for r in records if r["method"] == name and r["sample_id"] in ids]
         ax.plot(100 * np.mean([r["mean_budget"] for r in rs]), 100 * np.mean([r["exact_match_full"] for r in rs]), marker,
                 markersize=9, markerfacecolor="none", label=name)
     ax.set_xlabel("mean budget (% of the prompt's rows kept)")

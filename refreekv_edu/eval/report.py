@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from ..policies import PRESETS
 from .comparisons import _keeps, oracle_comparisons, paired_comparisons
 from .findings_text import findings, speed_line
+from .layer_losses import UNIFORM, layer_losses, layer_losses_table, plot_layer_losses
 from .plots import make_plots
 from .summary import _fmt, _pct, _pct_ci, bootstrap_interval, markdown_table, summarize, task_label, timing_table
+from .sweep import sweep_groups
 
 
 # ---------------------------------------------------------------------------------------------- environment
@@ -126,12 +127,9 @@ def matched_table(records: Sequence[dict[str, Any]]) -> str:
 
 
 def sweep_table(records: Sequence[dict[str, Any]]) -> str:
-    """Per preset and threshold: mean budget and identical-output rate over all samples, with 95% intervals."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        preset = r["method"].split("@")[0]
-        if preset in PRESETS and r.get("threshold") is not None:
-            groups[(preset, float(r["threshold"]))].append(r)
+    """Per preset and threshold: mean budget and identical-output rate over the samples the sweep covered
+    (:func:`~.sweep.sweep_samples`), with 95% intervals."""
+    groups = sweep_groups(records)
     if len({p for p, _ in groups}) == len(groups):  # no preset at two thresholds
         return ""
     lines = ["| preset | T | n | mean budget | KV kept | exact = full | keeps full | token agree |", "|" + "---|" * 8]
@@ -218,6 +216,13 @@ def write_results_md(records: Sequence[dict[str, Any]], run_info: dict[str, Any]
                   "`<ranking>@matched-set` uses **one** budget for every sample: the paper preset's mean budget over the "
                   "whole run. *keeps full*: task score at least the full cache's; *only paper / only fixed*: samples where "
                   "just one of the two kept it.", "", mt, ""]
+    ll = layer_losses(records)
+    if ll is not None and ll.lost:
+        lines += ["## Where the rule cut on the samples it lost", "",
+                  "Per layer, the paper preset's mean budget on the samples whose task score fell below the full cache's "
+                  "(*lost*) and on the others (*kept*), next to the uniform share per pruned layer that "
+                  f"`{UNIFORM}` gave the lost samples (the same mean over layers). Layers 0-1 are kept whole by every "
+                  "method.", "", img(plot_layer_losses(ll, plots_dir / "layer_losses.png")), "", layer_losses_table(ll), ""]
     ot = oracle_table(records)
     if ot:
         lines += ["## The paper's budget against the oracle budget", "",

@@ -21,6 +21,7 @@ backend with model integration (torch, mlx).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 import warnings
@@ -195,16 +196,18 @@ class Runner:
         set_methods = [m for m in self.methods if m.kind == "matched-set"]
         if self.config.speed_length:  # first, so an interrupted evaluation still has it (reused on resume)
             self.speed()
-        todo = [(s, m) for s in samples for m in self.methods if (s.id, m.name) not in done]
+        todo = [(s, m) for s in samples for m in self.methods if (s.id, m.name) not in done and self.applies(s, m)]
         bar = _progress(len(todo), f"eval {self.out.name}", self.config.progress)
         repair_torn_tail(self.records_path)
         with open(self.records_path, "a", encoding="utf-8") as sink:
             for sample in samples:
-                if all((sample.id, m.name) in done for m in per_sample):
+                if all((sample.id, m.name) in done for m in per_sample if self.applies(sample, m)):
                     continue
                 ref = self._load_reference(sample)  # full cache's tokens + logits, saved by an earlier run
                 matched = _matched_from(done.get((sample.id, MATCH_PRESET)))
                 for method in per_sample:  # "full" comes first, then "refreekv", then the baselines
+                    if not self.applies(sample, method):
+                        continue
                     recorded = (sample.id, method.name) in done
                     rebuild_ref = method.kind == "full" and ref is None  # reference lost: rerun full, record nothing new
                     if recorded and not rebuild_ref:
@@ -239,6 +242,16 @@ class Runner:
                 self._run_set(samples, set_methods, done, sink, bar)
         bar.close()
         return [done[(s.id, m.name)] for s in samples for m in self.methods if (s.id, m.name) in done]
+
+    def applies(self, sample: Sample, method: MethodSpec) -> bool:
+        """Whether ``method`` runs on ``sample``: with ``config.sweep_samples`` set, every ReFreeKV method except
+        the paper preset itself (the one the main tables and the matched baselines use) runs only on the first
+        ``sweep_samples`` samples of each task and length (sample ids end in ``-i<index>``)."""
+        limit = self.config.sweep_samples
+        if limit is None or method.kind != "refreekv" or method.name == MATCH_PRESET:
+            return True
+        index = re.search(r"-i(\d+)$", sample.id)
+        return index is None or int(index.group(1)) < limit
 
     def set_budget(self, samples: list[Sample], done: dict[tuple[str, str], dict[str, Any]]) -> tuple[float, float]:
         """``(per-pruned-layer budget, mean budget)`` of the ``@matched-set`` baselines: the paper preset's
