@@ -8,12 +8,14 @@ from Python::
     records = run_eval(EvalConfig(tasks=["passkey"], lengths=[1024], samples=3, out_dir="results/pk"))
     print(markdown_table(summarize(records)))
 
-Modules: :mod:`.haystack` (filler text made at run time), :mod:`.tasks` (offline tasks),
+Modules: :mod:`.haystack` (filler text made at run time; :mod:`.prose`, the default, is the same on every
+Python), :mod:`.tasks` (offline tasks),
 :mod:`.datasets` (LongBench, GSM8K, CoQA, TruthfulQA loaders), :mod:`.metrics` (task and fidelity
 metrics), :mod:`.methods` (method names -> policies), :mod:`.config` (what to run, the samples), :mod:`.records` (the
 resumable ``samples.jsonl`` and ``refs/`` store), :mod:`.runner` (the loop), :mod:`.speed` (decode speed of
 the compressed vs the full cache at a long prompt, and memory), :mod:`.summary` (summary rows, bootstrap intervals,
-tables), :mod:`.comparisons` (paired and oracle comparisons), :mod:`.findings_text` (the findings), :mod:`.plots`,
+tables), :mod:`.comparisons` (paired and oracle comparisons), :mod:`.sweep` (the threshold sweep's common samples),
+:mod:`.layer_losses` (per-layer budgets on the samples the paper preset lost), :mod:`.findings_text` (the findings), :mod:`.plots`,
 :mod:`.report` (``summary.md``, ``docs/results.md``), :mod:`.cli` (``refreekv-edu eval``).
 Only numpy and the standard library are imported here; tqdm, matplotlib and ``datasets`` load on use.
 """
