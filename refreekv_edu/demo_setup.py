@@ -29,7 +29,7 @@ def demo_samples(count_tokens: Callable[[str], int] | None = None) -> list[Sampl
     - a short factual question (``short``, the capital-city kind, ~45 tokens);
     - a question over a made-up paragraph (``reading``, the house-colour question, ~140 tokens);
     - one stdlib-docstring paragraph copied to ~768 tokens, then begun again and cut (``repeat``): continue it;
-    - a five-digit pass key at 50% depth of ~1k tokens of docstring prose (``passkey``): the stress case.
+    - a five-digit pass key at 50% depth of ~1k tokens of generated prose filler (``passkey``; :mod:`refreekv_edu.eval.prose`): the stress case.
     """
     count = count_tokens or tasks.approx_tokens
     return [
