@@ -1,4 +1,4 @@
-"""The ``refreekv-edu`` command: ``demo | eval | fetch-model | info``."""
+"""The ``refreekv-edu`` command: ``demo | eval | fetch-model | info | assign | grade``."""
 
 from __future__ import annotations
 
@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "recency budget matched to ReFreeKV's mean; print one table and write a budget plot.")
     add_demo_arguments(p)
     p.set_defaults(func=run_demo_from_args)
+
+    from .course.cli import add_course_commands
+
+    add_course_commands(sub)
 
     try:
         from .eval.cli import add_eval_arguments, run_eval_from_args
