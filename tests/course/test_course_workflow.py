@@ -41,7 +41,7 @@ EX02 = "ex02_halting_rule"
 QUESTIONS = ["halting_curve", "halting_cut", "candidate_curve", "recency_keep", "kept_positions"]
 PER_QUESTION = sum(masters.GROUP_POINTS.values())
 TIME_LIMIT_S = 2.0
-SUBMISSION_TIMEOUT_S = 45.0
+SUBMISSION_TIMEOUT_S = 30.0
 
 L1_CURVE = '''def halting_curve(last_attn, order):
     """L1 instead of L2: forgot to square and take the root."""
