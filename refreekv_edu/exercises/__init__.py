@@ -43,7 +43,8 @@ from .checks import (
     check_window_protection,
     check_window_scores,
 )
-from .grading import TIME_LIMIT_S, CheckResult, Failure
+from .results import GROUPS, CaseResult, CheckResult, Failure
+from .sandbox import TIME_LIMIT_S
 
 # The graders import the instructor solutions; importing a submodule also binds it on this package, so unbind
 # it: a student's `ex.` (tab completion, `dir(ex)`) must not offer `ex.solutions` next to their stub.
@@ -51,7 +52,9 @@ globals().pop("solutions", None)
 
 __all__ = [
     "EXERCISES",
+    "GROUPS",
     "TIME_LIMIT_S",
+    "CaseResult",
     "CheckResult",
     "Failure",
     "check",

@@ -1,6 +1,6 @@
 """The graded inputs of every exercise: a small readable case first, then random ones, then traps.
 
-Each ``*_cases(rng)`` returns a list of :class:`~refreekv_edu.exercises.grading.Case`. Traps are
+Each ``*_cases(rng)`` returns a list of :class:`~refreekv_edu.exercises.grading.Case`, each in a group (basic, edge, adversarial). Traps are
 built on purpose so that a typical mistake gives a visibly wrong answer (ties that an unstable sort
 breaks the wrong way, attention tails that ``total - prefix`` turns negative, a threshold hit exactly...).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .grading import Case
+from .grading import Case, grouped
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -40,6 +40,16 @@ def _tail_goes_negative(a: np.ndarray, order: np.ndarray) -> bool:
         if not (tail < 0).any():
             return False
     return True
+
+
+def gqa_trap(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Hq=4, Hkv=2: KV head 0 holds 6 recent keys aligned with its own query heads (0 and 1), KV head 1 is
+    nearly uniform. Reading the wrong KV head (interleaved heads) changes the signal completely."""
+    q = (2.0 * rng.normal(size=(4, 1, 8))).astype(np.float32)
+    k = 0.3 * rng.normal(size=(2, 32, 8))
+    mean_q = q[:2, -1, :].mean(axis=0)
+    k[0, -6:, :] += 2.0 * mean_q / np.linalg.norm(mean_q) * np.sqrt(8)
+    return q, k.astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------- exercises
@@ -81,7 +91,7 @@ def window_scores_cases(rng: np.random.Generator) -> list[Case]:
             "compute softmax as exp(x - max(x)) / sum(exp(x - max(x))) along the key axis.",
         )
     )
-    return cases
+    return grouped(cases, edge=["other-scale", "window-1", "one-candidate"], adversarial=["large-logits"])
 
 
 def snapkv_pool_cases(rng: np.random.Generator) -> list[Case]:
@@ -89,7 +99,7 @@ def snapkv_pool_cases(rng: np.random.Generator) -> list[Case]:
     peaks = np.zeros((1, 12), np.float32)
     peaks[0, 5] = 1.0
     peaks[0, 0] = 0.5
-    return [
+    cases = [
         Case(
             "one-peak",
             "one head, a peak at 5 and a smaller one at 0, kernel 7: each spreads 3 positions each way",
@@ -106,13 +116,14 @@ def snapkv_pool_cases(rng: np.random.Generator) -> list[Case]:
         ),
         Case("kernel-1", "kernel 1 leaves the scores unchanged", (attention_like(rng, 2, 9) * 8, 1)),
     ]
+    return grouped(cases, edge=["kernel-3", "kernel-1"], adversarial=["short"])
 
 
 def expand_kv_cases(rng: np.random.Generator) -> list[Case]:
     """Cases for ``expand_kv(keys (Hkv, L, D), group_size)``."""
     # KV head h is filled with the value h, so the output shows which KV head each query head reads.
     labelled = np.arange(2, dtype=np.float32)[:, None, None] + np.zeros((2, 3, 2), np.float32)
-    return [
+    cases = [
         Case(
             "labelled",
             "Hkv=2, G=3, each KV head filled with its own index: the output heads must read 0,0,0,1,1,1",
@@ -130,12 +141,13 @@ def expand_kv_cases(rng: np.random.Generator) -> list[Case]:
         ),
         Case("multi-query", "Hkv=1 (multi-query attention), G=4", (rng.normal(size=(1, 5, 3)).astype(np.float32), 4)),
     ]
+    return grouped(cases, edge=["no-gqa", "multi-query"], adversarial=["labelled"])
 
 
 def group_scores_cases(rng: np.random.Generator) -> list[Case]:
     """Cases for ``group_scores(scores (Hq, n), group_size)``."""
     labelled = np.repeat(np.arange(6, dtype=np.float32)[:, None], 4, axis=1)  # query head h scores h everywhere
-    return [
+    cases = [
         Case(
             "labelled",
             "Hq=6, G=2, query head h scores h: KV head 0 sums heads 0+1=1, head 1 sums 2+3=5, head 2 sums 4+5=9",
@@ -145,13 +157,14 @@ def group_scores_cases(rng: np.random.Generator) -> list[Case]:
         Case("no-gqa", "G=1: every query head is its own KV head", (attention_like(rng, 4, 10), 1)),
         Case("multi-query", "Hq=4, G=4: one KV head sums all four", (attention_like(rng, 4, 10), 4)),
     ]
+    return grouped(cases, edge=["no-gqa", "multi-query"], adversarial=["labelled"])
 
 
 def rank_candidates_cases(rng: np.random.Generator) -> list[Case]:
     """Cases for ``rank_candidates(scores (H, n))``."""
     small = np.array([[0.3, 0.1, 0.3, 0.05, 0.2]], np.float32)
     ties = rng.integers(0, 4, size=(3, 300)).astype(np.float32)  # few distinct values: long runs of ties
-    return [
+    cases = [
         Case(
             "small",
             "one head, 5 candidates with one tie (positions 0 and 2 both score 0.3)",
@@ -165,7 +178,14 @@ def rank_candidates_cases(rng: np.random.Generator) -> list[Case]:
             (ties,),
             "use a stable sort (np.argsort(..., kind='stable')); the default quicksort reorders equal scores.",
         ),
+        Case(
+            "one-candidate",
+            "n = 1 in each of 2 heads: the only order is [0]",
+            (np.array([[0.2], [0.0]], np.float32),),
+            "the order has the same shape as the scores: (H, n), here (2, 1).",
+        ),
     ]
+    return grouped(cases, edge=["one-candidate"], adversarial=["ties"])
 
 
 def halting_curve_cases(rng: np.random.Generator) -> list[Case]:
@@ -214,7 +234,7 @@ def halting_curve_cases(rng: np.random.Generator) -> list[Case]:
             "guard the division: if R(0) == 0 return zeros (0/0 would be NaN).",
         )
     )
-    return cases
+    return grouped(cases, edge=["uneven-heads", "silent-heads"], adversarial=["zero-tail"])
 
 
 def halting_cut_cases(rng: np.random.Generator) -> list[Case]:
@@ -224,7 +244,7 @@ def halting_cut_cases(rng: np.random.Generator) -> list[Case]:
     half = np.array([[0.0, 1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0, 1.0]], np.float32)  # R(4) = R(0) / 2 exactly
     a = attention_like(rng, 3, 40)
     order = random_order(rng, 3, 40)
-    return [
+    cases = [
         Case(
             "hand",
             "the docstring example: a = [0.1, 0.0, 0.7, 0.2], order [1, 0, 3, 2], threshold 0.02 -> e* = 2",
@@ -263,13 +283,18 @@ def halting_cut_cases(rng: np.random.Generator) -> list[Case]:
             (np.array([[0.4]], np.float32), np.zeros((1, 1), np.int64), 0.05),
         ),
     ]
+    return grouped(
+        cases,
+        edge=["zero-threshold", "almost-everything", "silent-heads", "one-candidate"],
+        adversarial=["exact-threshold"],
+    )
 
 
 def kept_positions_cases(rng: np.random.Generator) -> list[Case]:
     """Cases for ``kept_positions(order (H, n), n_evicted, prompt_len, window)``."""
     small = np.array([[2, 0, 3, 1]], np.int64)
     order = random_order(rng, 3, 24)
-    return [
+    cases = [
         Case(
             "small",
             "one head, L=6, w=2, order [2, 0, 3, 1], evict 2 -> keep candidates {1, 3} and the window {4, 5}",
@@ -281,6 +306,7 @@ def kept_positions_cases(rng: np.random.Generator) -> list[Case]:
         Case("evict-most", "e* = n - 1: one candidate plus the window", (order, 23, 32, 8)),
         Case("window-1", "w = 1: only the last position is protected", (random_order(rng, 2, 9), 4, 10, 1)),
     ]
+    return grouped(cases, edge=["evict-none", "window-1"], adversarial=["evict-most"])
 
 
 def official_script_layer_cases(rng: np.random.Generator) -> list[Case]:
@@ -295,207 +321,13 @@ def official_script_layer_cases(rng: np.random.Generator) -> list[Case]:
         q = rng.normal(size=(hq, window, dim)).astype(np.float32) * 2.0
         k = rng.normal(size=(hkv, length, dim)).astype(np.float32)
         cases.append(Case(name, about, (q, k, threshold, window)))
-    return cases
-
-
-# --------------------------------------------------------------------------------------------- the paper's method
-
-
-def last_row_like(
-    rng: np.random.Generator, heads: int, length: int, sinks: int, sink_mass: tuple[float, float] = (0.3, 0.8)
-) -> np.ndarray:
-    """``(heads, length)`` float32 rows summing to 1, like a real last row: the sinks take a large share
-    (drawn per head from ``sink_mass``), the rest is spiky attention on the other positions."""
-    rows = np.zeros((heads, length), np.float64)
-    rest = rng.dirichlet(np.full(length - sinks, 0.3), size=heads)
-    if sinks:
-        mass = rng.uniform(*sink_mass, size=(heads, 1))
-        rows[:, :sinks] = mass * rng.dirichlet(np.full(sinks, 0.5), size=heads)
-        rows[:, sinks:] = (1.0 - mass) * rest
-    else:
-        rows[:] = rest
-    return rows.astype(np.float32)
-
-
-def candidate_curve_cases(rng: np.random.Generator) -> list[Case]:
-    """Cases for ``candidate_curve(last_row (H, L), sinks)``."""
-    hand = np.array([[0.5, 0.1, 0.0, 0.05, 0.1, 0.05, 0.2]], np.float32)
-    silent = np.zeros((2, 6), np.float32)
-    silent[:, :2] = [[0.7, 0.3], [0.9, 0.1]]
-    return [
+    q, k = gqa_trap(rng)
+    cases.append(
         Case(
-            "hand",
-            "one head, L=7, m=2: a = [0.5, 0.1 | 0.0, 0.05, 0.1, 0.05, 0.2]; the candidates are positions 2..6",
-            (hand, 2),
-            "slice the sinks off first (a = last_row[:, m:], n = 5), then the curve of a in position order: "
-            "R(0) = sqrt(0 + 0.0025 + 0.01 + 0.0025 + 0.04), R(1) the same, R(2) = sqrt(0.0525) ...",
-        ),
-        Case(
-            "typical",
-            "4 heads, L=40, m=4; the sinks take 30-80% of each head's attention (a different share per head)",
-            (last_row_like(rng, 4, 40, 4), 4),
-        ),
-        Case(
-            "sink-dominated",
-            "3 heads, L=64, m=4, the sinks take over 95% of the attention, as in real models",
-            (last_row_like(rng, 3, 64, 4, sink_mass=(0.95, 0.99)), 4),
-            "the sinks' attention must not enter the norm: with it, every candidate looks negligible.",
-        ),
-        Case("no-sinks", "m=0: every position is a candidate", (last_row_like(rng, 2, 12, 0), 0)),
-        Case(
-            "one-candidate",
-            "L = m + 1: the single candidate always stays, ratio = [0]",
-            (last_row_like(rng, 2, 5, 4), 4),
-        ),
-        Case(
-            "silent-candidates",
-            "all the attention is on the sinks (R(0) = 0 over the candidates): the ratio is 0 everywhere",
-            (silent, 2),
-            "guard the division: if R(0) == 0 over the candidates, return zeros.",
-        ),
-    ]
-
-
-def recency_keep_cases(rng: np.random.Generator) -> list[Case]:
-    """Cases for ``recency_keep(last_row (H, L), sinks, threshold)``."""
-    hand = np.array([[0.55, 0.1, 0.05, 0.0, 0.05, 0.2, 0.05, 0.0]], np.float32)
-    newest_strong = np.array([[0.5, 0.1, 0.0, 0.05, 0.1, 0.05, 0.2]], np.float32)
-    zeros_first = np.array([[0.6, 0.0, 0.0, 0.0, 0.2, 0.2], [0.3, 0.0, 0.0, 0.0, 0.3, 0.4]], np.float32)
-    half = np.array([[0.5, 0.0, 0.5, 0.5, 0.5, 0.5]], np.float32)  # R(4) = R(0) / 2 over the candidates, exactly
-    row = last_row_like(rng, 4, 48, 4)
-    return [
-        Case(
-            "hand",
-            "one head, L=8, m=3, T=0.05: evicting position 3 (0.0) loses nothing, position 4 (0.05) too loses 2.8%, "
-            "position 5 (0.2) as well would lose 76%: e* = 2",
-            (hand, 3, 0.05),
-            "kept = the sinks [0, m) then the candidates [m + e*, L): here [0, 1, 2] + [5, 6, 7].",
-        ),
-        Case(
-            "sink-dominated",
-            "3 heads, L=64, m=4, the sinks take over 95% of the attention, T = 0.01",
-            (last_row_like(rng, 3, 64, 4, sink_mass=(0.95, 0.99)), 4, 0.01),
-            "the sinks are kept but out of the norm: compute the curve on last_row[:, m:] only.",
-        ),
-        Case("typical", "4 heads, L=48, m=4, the paper's T = 0.01", (row, 4, 0.01)),
-        Case("loose", "the same heads at T = 0.3", (row, 4, 0.3)),
-        Case(
-            "zero-threshold",
-            "2 heads, L=6, m=1; candidates 1..3 get no attention at all, T = 0: losing nothing allows e* = 3",
-            (zeros_first, 1, 0.0),
-            "the rule is ratio(e) <= T (less than OR EQUAL): evicting zero-attention candidates loses exactly 0.",
-        ),
-        Case(
-            "exact-threshold",
-            "L=6, m=1, ratio(4) is exactly 0.5 and T = 0.5: equality counts as allowed",
-            (half, 1, 0.5),
-            "use <= threshold, not < threshold.",
-        ),
-        Case(
-            "almost-everything",
-            "L=7, m=2, T = 0.9, the newest candidate is the strongest: every candidate but the newest may go",
-            (newest_strong, 2, 0.9),
-            "e ranges over 0 .. n-1: the newest candidate, position L - 1, is always kept.",
-        ),
-    ]
-
-
-def _recent_heavy(length: int, sinks: int, power: float, heads: int = 2) -> np.ndarray:
-    """``(heads, length)`` float32 rows: half the attention on the sinks, the rest growing with recency as
-    ``(k + 1) ** power`` over the candidates (each head a little different), like a real layer."""
-    cand = (np.arange(1, length - sinks + 1, dtype=np.float64)[None, :] ** power) * np.linspace(1.0, 1.5, heads)[
-        :, None
-    ]
-    rows = np.concatenate([np.full((heads, sinks), 0.5 / max(sinks, 1)), 0.5 * cand / cand.sum(1, keepdims=True)], 1)
-    return rows.astype(np.float32)
-
-
-def model_budget_cases(rng: np.random.Generator) -> list[Case]:
-    """Cases for ``model_budget(last_rows (layers, H, L), sinks, threshold, full_layers)``."""
-    hand = np.stack([_recent_heavy(10, 2, power) for power in (1.0, 2.0, 3.0, 1.5)])
-    typical = np.stack([last_row_like(rng, 3, 40, 4) for _ in range(6)])
-    return [
-        Case(
-            "hand",
-            "4 layers, 2 heads, L=10, m=2, T=0.05, full layers (0, 1); newer candidates get more attention",
-            (hand, 2, 0.05, (0, 1)),
-            "layers 0 and 1 keep everything (budget 1.0); layers 2 and 3 keep (m + n - e*) / L; the mean is over "
-            "all 4 layers.",
-        ),
-        Case(
-            "typical",
-            "6 layers, 3 heads, L=40, m=4, the paper's T = 0.01 and full layers (0, 1)",
-            (typical, 4, 0.01, (0, 1)),
-        ),
-        Case("loose", "the same layers at T = 0.3", (typical, 4, 0.3, (0, 1))),
-        Case(
-            "other-full-layers",
-            "full layers (0, 1, 4): any listed layer is kept whole, not only the first two",
-            (typical, 4, 0.3, (0, 1, 4)),
-            "test `layer in full_layers` for every layer.",
-        ),
-        Case("no-full-layers", "full_layers = (): every layer is pruned", (typical, 4, 0.3, ())),
-    ]
-
-
-def _with_sink(rng: np.random.Generator, queries: np.ndarray, keys: np.ndarray, strength: float = 1.5) -> np.ndarray:
-    """Keys whose position 0 is an attention sink (about half the last row's attention, as in real models):
-    aligned with the mean last query of its KV head's group."""
-    keys = keys.copy()
-    groups = queries.shape[0] // keys.shape[0]
-    mean_q = queries[:, -1, :].reshape(keys.shape[0], groups, -1).mean(axis=1)
-    keys[:, 0, :] = strength * mean_q / np.linalg.norm(mean_q, axis=1, keepdims=True) * np.sqrt(keys.shape[2])
-    return keys.astype(np.float32)
-
-
-def _gqa_trap(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Hq=4, Hkv=2: KV head 0 holds 6 recent keys aligned with its own query heads (0 and 1), KV head 1 is
-    nearly uniform. Reading the wrong KV head (interleaved heads) changes the signal completely."""
-    q = (2.0 * rng.normal(size=(4, 1, 8))).astype(np.float32)
-    k = 0.3 * rng.normal(size=(2, 32, 8))
-    mean_q = q[:2, -1, :].mean(axis=0)
-    k[0, -6:, :] += 2.0 * mean_q / np.linalg.norm(mean_q) * np.sqrt(8)
-    return q, k.astype(np.float32)
-
-
-def decide_layer_cases(rng: np.random.Generator) -> list[Case]:
-    """Cases for the capstone ``decide_layer(queries (Hq, r, D), keys (Hkv, L, D), threshold, sinks, layer)``."""
-    cases = []
-    for name, about, params in [
-        (
-            "layer-0",
-            "layer 0 (Hq=4, Hkv=2, L=24, T=0.3): a full layer, every position stays although T=0.3 would prune",
-            (4, 2, 1, 24, 8, 0.3, 4, 0),
-        ),
-        ("no-sinks", "m=0, no GQA, layer 4: every position is a candidate", (4, 4, 1, 30, 8, 0.3, 0, 4)),
-        ("mha", "4 heads without GQA, L=32, m=4, T=0.05, layer 2", (4, 4, 1, 32, 8, 0.05, 4, 2)),
-        (
-            "smollm2",
-            "SmolLM2's GQA shape (Hq=9, Hkv=3), L=48, m=4, the paper's T=0.01, layer 7",
-            (9, 3, 1, 48, 16, 0.01, 4, 7),
-        ),
-        ("layer-1", "layer 1 is a full layer too", (6, 2, 1, 40, 8, 0.3, 4, 1)),
-        ("loose", "T=0.3, layer 3: most candidates go", (6, 2, 1, 40, 8, 0.3, 4, 3)),
-        (
-            "several-rows",
-            "queries of the last r=4 positions are given; the paper reads only the LAST one (T=0.3, layer 5)",
-            (6, 2, 4, 40, 8, 0.3, 4, 5),
-        ),
-        ("gqa-groups", "", ()),
-    ]:
-        if name == "gqa-groups":
-            q, k = _gqa_trap(rng)
-            cases.append(
-                Case(
-                    name,
-                    "Hq=4, Hkv=2, T=0.05, layer 3: KV head 0 serves query heads 0 and 1 and holds their recent keys",
-                    (q, k, 0.05, 4, 3),
-                    "query head h reads KV head h // G (np.repeat(keys, G, axis=0)).",
-                )
-            )
-            continue
-        hq, hkv, rows, length, dim, threshold, sinks, layer = params
-        q = (2.0 * rng.normal(size=(hq, rows, dim))).astype(np.float32)
-        k = _with_sink(rng, q, rng.normal(size=(hkv, length, dim)).astype(np.float32))
-        cases.append(Case(name, about, (q, k, threshold, sinks, layer)))
-    return cases
+            "gqa-groups",
+            "Hq=4, Hkv=2, w=1, threshold 0.05: KV head 0 serves query heads 0 and 1 and holds their recent keys",
+            (q, k, 0.05, 1),
+            "query head h reads KV head h // G (np.repeat(keys, G, axis=0)); sum the scores of each KV head's G heads.",
+        )
+    )
+    return grouped(cases, edge=["strict"], adversarial=["gqa-groups"])

@@ -1,7 +1,7 @@
 """The checkers: ``check_<exercise>(your_function)`` grades a submission and explains the first wrong case.
 
 Every checker calls your function positionally with numpy float32 / int64 arrays, compares the answer with
-the instructor solution and returns a :class:`~refreekv_edu.exercises.grading.CheckResult`: truthy when all
+the instructor solution and returns a :class:`~refreekv_edu.exercises.results.CheckResult`: truthy when all
 cases pass; otherwise its text names the first failing case, its inputs, the expected and the actual output,
 and a hint (often naming the exact mistake). Each call of your function may run :data:`TIME_LIMIT_S`
 seconds (``time_limit=`` changes it); an endless loop, ``sys.exit()``, a complex or non-numeric answer and a
@@ -30,12 +30,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from . import cases, mistakes
+from . import cases, cases_paper, mistakes, mistakes_paper
 from . import solutions as _solutions
-from .grading import TIME_LIMIT_S, CheckResult, Exercise, grade
+from .grading import Exercise, grade
+from .results import CheckResult
+from .sandbox import TIME_LIMIT_S
 
 EXERCISES: dict[str, Exercise] = {
     ex.name: ex
@@ -93,29 +96,29 @@ EXERCISES: dict[str, Exercise] = {
             "candidate_curve",
             "candidate_curve(last_row, sinks) -> ratio",
             _solutions.candidate_curve,
-            cases.candidate_curve_cases,
-            mistakes.CANDIDATE_CURVE,
+            cases_paper.candidate_curve_cases,
+            mistakes_paper.CANDIDATE_CURVE,
         ),
         Exercise(
             "recency_keep",
             "recency_keep(last_row, sinks, threshold) -> kept",
             _solutions.recency_keep,
-            cases.recency_keep_cases,
-            mistakes.RECENCY_KEEP,
+            cases_paper.recency_keep_cases,
+            mistakes_paper.RECENCY_KEEP,
         ),
         Exercise(
             "model_budget",
             "model_budget(last_rows, sinks, threshold, full_layers) -> (budgets, mean_budget)",
             _solutions.model_budget,
-            cases.model_budget_cases,
-            mistakes.MODEL_BUDGET,
+            cases_paper.model_budget_cases,
+            mistakes_paper.MODEL_BUDGET,
         ),
         Exercise(
             "decide_layer",
             "decide_layer(queries, keys, threshold, sinks, layer) -> kept",
             _solutions.decide_layer,
-            cases.decide_layer_cases,
-            mistakes.DECIDE_LAYER,
+            cases_paper.decide_layer_cases,
+            mistakes_paper.DECIDE_LAYER,
         ),
         Exercise(
             "kept_positions",
@@ -138,9 +141,14 @@ INSTRUCTOR_NOTE = "the instructor solution was graded, not your function (instru
 
 
 def check(
-    name: str, fn: Callable[..., Any], seed: int = 0, time_limit: float = TIME_LIMIT_S, instructor: bool = False
+    name: str,
+    fn: Callable[..., Any],
+    seed: int = 0,
+    time_limit: float = TIME_LIMIT_S,
+    instructor: bool = False,
+    groups: Sequence[str] | None = None,
 ) -> CheckResult:
-    """Grade ``fn`` as the exercise ``name`` (one of :data:`EXERCISES`).
+    """Grade ``fn`` as the exercise ``name`` (one of :data:`EXERCISES`), in this process.
 
     Args:
         name: the exercise.
@@ -148,15 +156,21 @@ def check(
         seed: seed of the random cases.
         time_limit: seconds one call of ``fn`` may run before it fails.
         instructor: grade the instructor solution instead of ``fn`` (CI, instructors); the result says so.
+        groups: only the cases of these groups (``"basic"``, ``"edge"``, ``"adversarial"``; default all).
     """
-    if name not in EXERCISES:
-        raise ValueError(f"unknown exercise {name!r}; exercises: {', '.join(EXERCISES)}")
-    exercise = EXERCISES[name]
+    exercise = exercise_named(name)
     if instructor:
-        result = grade(exercise, exercise.reference, seed=seed, time_limit=time_limit)
+        result = grade(exercise, exercise.reference, seed=seed, time_limit=time_limit, groups=groups)
         result.note = INSTRUCTOR_NOTE
         return result
-    return grade(exercise, fn, seed=seed, time_limit=time_limit)
+    return grade(exercise, fn, seed=seed, time_limit=time_limit, groups=groups)
+
+
+def exercise_named(name: str) -> Exercise:
+    """The :class:`~refreekv_edu.exercises.grading.Exercise` called ``name``; a clear error for an unknown one."""
+    if name not in EXERCISES:
+        raise ValueError(f"unknown exercise {name!r}; exercises: {', '.join(EXERCISES)}")
+    return EXERCISES[name]
 
 
 def check_window_scores(fn: Callable[..., Any], seed: int = 0, **options: Any) -> CheckResult:
@@ -194,15 +208,11 @@ def check_gqa_grouping(
     second = check_group_scores(group_scores, seed, **options)
     if not second:
         return second
-    return CheckResult(
-        "gqa_grouping",
-        True,
-        first.n_cases + second.n_cases,
-        first.n_cases + second.n_cases,
-        None,
-        [f"expand_kv:{c}" for c in first.cases] + [f"group_scores:{c}" for c in second.cases],
-        first.note,
-    )
+    verdicts = [replace(r, name=f"expand_kv:{r.name}") for r in first.case_results] + [
+        replace(r, name=f"group_scores:{r.name}") for r in second.case_results
+    ]
+    n = first.n_cases + second.n_cases
+    return CheckResult("gqa_grouping", True, n, n, None, [r.name for r in verdicts], first.note, verdicts)
 
 
 def check_rank_candidates(fn: Callable[..., Any], seed: int = 0, **options: Any) -> CheckResult:

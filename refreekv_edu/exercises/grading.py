@@ -1,33 +1,31 @@
-"""The grading loop shared by every checker: run a submission on cases, stop at the first wrong one, explain it.
+"""The grading loop shared by every checker: run a submission on every case, explain the first wrong one.
 
 A checker (see :mod:`refreekv_edu.exercises.checks`) is an :class:`Exercise`: a reference solution, a list of
-:class:`Case` s (small and readable first, then random, then traps) and a list of :class:`Mistake` s, the typical
-wrong answers with a hint each. When a submission fails a case, the grader runs every known mistake on that case;
-if one of them gives exactly what the submission gave, its hint is the diagnosis. Otherwise the case's own hint
-(what the case is about) is shown.
+:class:`Case` s, each in a group (``basic``, ``edge``, ``adversarial``; checked in that order) and a list of
+:class:`Mistake` s, the typical wrong answers with a hint each. Every case is run, so a partly right function
+shows which groups it gets right (courses give points per group). When a submission fails a case, the grader
+runs every known mistake on the first failing one; if one of them gives exactly what the submission gave, its
+hint is the diagnosis. Otherwise the case's own hint (what the case is about) is shown.
 
-The submission is untrusted code, so the loop guards against it (:func:`run_submission`): each call runs under a
-time limit (:data:`TIME_LIMIT_S`; an endless loop fails with a message instead of hanging the notebook),
-``sys.exit()`` and any other exception are reported as a failure, an answer that is complex or not numbers at
-all (strings, objects) fails with a clear message, and so does a submission that writes into its input arrays.
+The submission is untrusted code. :func:`grade` never calls it directly: a *caller* does, and reports a
+:class:`~refreekv_edu.exercises.sandbox.Call` of plain data. The default caller runs it in this process under a
+time limit (:mod:`~refreekv_edu.exercises.sandbox`); :mod:`~refreekv_edu.exercises.isolation` and
+:mod:`~refreekv_edu.exercises.trusted` run it in a child process that is killed at a deadline. After a call
+runs out of time the remaining cases are not run (each would cost another time limit) and count as failed.
 """
 
 from __future__ import annotations
 
-import contextvars
 import copy
-import signal
-import threading
-import time
-import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-#: Seconds one call of a submission may run (every case is small: a correct answer takes milliseconds).
-TIME_LIMIT_S = 5.0
+from .results import GROUPS, CaseResult, CheckResult, Failure
+from .sandbox import TIME_LIMIT_S, Call, call_submission
+from .values import bad_dtype, compare_values, safe_text, same_values, summarize
 
 TIMEOUT_HINT = (
     "an endless loop? Check that every while-loop moves towards its end (e.g. `e += 1`) and stops at the last "
@@ -45,6 +43,15 @@ MUTATION_HINT = (
     "work on a copy (e.g. x = x.copy() or x = x * 1.0) instead of writing into the arrays you were given: "
     "the caller (the next layer, the next step) still needs them unchanged."
 )
+CRASH_HINT = (
+    "your function stopped the process that ran it (os._exit, a crash inside a C extension, running out of "
+    "memory): return the answer instead, and keep the arrays as small as the inputs."
+)
+STUB_HINT = "the function is still the stub: replace `raise NotImplementedError` with your code."
+NOT_RUN = "not run: an earlier case ran out of time"
+
+#: ``(args, time_limit) -> Call``: how a grader calls the submission on one case.
+Caller = Callable[[tuple[Any, ...], float], Call]
 
 
 @dataclass
@@ -56,12 +63,25 @@ class Case:
         about: one sentence: what this case checks.
         args: positional arguments passed to the submission (and the reference).
         hint: what to look at when this case fails and no known mistake matches.
+        group: ``"basic"``, ``"edge"`` or ``"adversarial"`` (see :data:`~refreekv_edu.exercises.results.GROUPS`).
     """
 
     name: str
     about: str
     args: tuple[Any, ...]
     hint: str = ""
+    group: str = "basic"
+
+
+def grouped(cases: list[Case], edge: Sequence[str] = (), adversarial: Sequence[str] = ()) -> list[Case]:
+    """``cases`` with the named ones put in the ``edge`` / ``adversarial`` group (the rest are ``basic``)."""
+    names = {c.name for c in cases}
+    unknown = (set(edge) | set(adversarial)) - names
+    if unknown:
+        raise ValueError(f"no case named {sorted(unknown)} (cases: {sorted(names)})")
+    for case in cases:
+        case.group = "edge" if case.name in edge else "adversarial" if case.name in adversarial else "basic"
+    return cases
 
 
 @dataclass
@@ -83,7 +103,7 @@ class Exercise:
         reference: the instructor solution.
         make_cases: ``rng -> list[Case]``.
         mistakes: known wrong answers with hints, tried in order.
-        compare: ``(expected, got) -> problem or None``; default :func:`compare_values`.
+        compare: ``(expected, got) -> problem or None``; default :func:`~refreekv_edu.exercises.values.compare_values`.
     """
 
     name: str
@@ -94,430 +114,131 @@ class Exercise:
     compare: Callable[[Any, Any], str | None] | None = None
 
 
-@dataclass
-class Failure:
-    """The first case a submission got wrong, explained."""
-
-    case: str
-    about: str
-    inputs: str
-    expected: str
-    got: str
-    problem: str
-    hint: str
-    diagnosis: str | None = None  # name of the known mistake that matched, if any
+def select_cases(exercise: Exercise, seed: int = 0, groups: Sequence[str] | None = None) -> list[Case]:
+    """The cases of ``exercise`` at ``seed``, basic first, then edge, then adversarial; only ``groups`` if given."""
+    if groups is not None:
+        unknown = set(groups) - set(GROUPS)
+        if unknown:
+            raise ValueError(f"unknown case group(s) {sorted(unknown)}; groups: {', '.join(GROUPS)}")
+    cases = exercise.make_cases(np.random.default_rng(seed))
+    rank = {g: i for i, g in enumerate(GROUPS)}
+    cases = sorted(cases, key=lambda c: rank.get(c.group, len(GROUPS)))  # stable: the list order within a group
+    return [c for c in cases if groups is None or c.group in groups]
 
 
-@dataclass
-class CheckResult:
-    """The outcome of a checker. Truthy when every case passed; its text explains the first failure.
-
-    Attributes:
-        exercise: the function graded.
-        passed: True when every case passed.
-        n_passed: cases passed before the first failure (all of them when ``passed``).
-        n_cases: cases in the checker.
-        failure: the first failing case explained (``None`` when passed).
-        cases: names of the cases, in the order they are checked.
-    """
-
-    exercise: str
-    passed: bool
-    n_passed: int
-    n_cases: int
-    failure: Failure | None = None
-    cases: list[str] = field(default_factory=list)
-    note: str = ""  # e.g. "the instructor solution was graded, not yours"
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    @property
-    def message(self) -> str:
-        """The full explanation, as printed."""
-        if self.passed:
-            note = f" ({self.note})" if self.note else ""
-            return f"PASSED {self.exercise}{note}: all {self.n_cases} cases correct ({', '.join(self.cases)})."
-        f = self.failure
-        assert f is not None
-        lines = [
-            f"FAILED {self.exercise}: {self.n_passed} of {self.n_cases} cases passed; the first wrong one is {f.case!r}.",
-            f"  case:     {f.about}",
-            f"  inputs:   {_indent(f.inputs)}",
-            f"  expected: {_indent(f.expected)}",
-            f"  got:      {_indent(f.got)}",
-            f"  problem:  {_indent(f.problem)}",
-            f"  hint:     {_indent(f.hint)}",
-        ]
-        return "\n".join(lines)
-
-    def raise_if_failed(self) -> CheckResult:
-        """Raise an AssertionError carrying the explanation when the submission failed (for CI); else return self."""
-        if not self.passed:
-            raise AssertionError(self.message)
-        return self
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __repr__(self) -> str:
-        return self.message
-
-    def _repr_html_(self) -> str:
-        import html
-
-        colour = "#1a7f37" if self.passed else "#cf222e"
-        return f'<pre style="border-left: 4px solid {colour}; padding-left: 8px">{html.escape(self.message)}</pre>'
-
-
-def _indent(text: str) -> str:
-    return text.replace("\n", "\n            ")
-
-
-# ---------------------------------------------------------------------------------------------- describing values
-def summarize(x: Any, max_items: int = 24) -> str:
-    """A short, readable description of a value: shape, dtype and (if small) the values themselves.
-
-    Never raises: whatever a submission returns (strings, complex numbers, odd objects) can be described.
-    """
-    try:
-        return _summarize(x, max_items)
-    except Exception:  # noqa: BLE001 - a description must not crash the report
-        return f"{type(x).__name__}: {x!r}"[:200]
-
-
-def _summarize(x: Any, max_items: int) -> str:
-    if isinstance(x, tuple):
-        return "(" + ",\n ".join(_summarize(v, max_items) for v in x) + ")"
-    if isinstance(x, (bool, np.bool_)):
-        return repr(bool(x))
-    if isinstance(x, (int, np.integer)):
-        return f"{int(x)} (int)"
-    if isinstance(x, (float, np.floating)):
-        return f"{float(x):.6g} (float)"
-    if x is None:
-        return "None"
-    if isinstance(x, (str, bytes)):
-        return f"{type(x).__name__} {x!r}"[:200]
-    arr = _as_array(x)
-    if arr is None:
-        return f"{type(x).__name__}: {x!r}"[:200]
-    head = f"array shape {tuple(arr.shape)} {arr.dtype}"
-    if arr.size == 0:
-        return head + " (empty)"
-    with np.printoptions(precision=4, suppress=True, threshold=max_items, edgeitems=3, linewidth=100):
-        if arr.size <= max_items:
-            return f"{head} {np.array2string(arr, separator=', ')}"
-        first = arr.reshape(-1, arr.shape[-1])[0, :8] if arr.ndim >= 2 else arr[:8]
-        where = "first row" if arr.ndim >= 2 else "values"
-        start = f", {where} starts {np.array2string(first, separator=', ')[:-1]}, ...]"
-        if arr.dtype.kind == "f":
-            finite = arr[np.isfinite(arr)]
-            rng = f"min {finite.min():.4g}, max {finite.max():.4g}" if finite.size else "no finite values"
-            return f"{head}, {rng}{start}"
-        if arr.dtype.kind in "biu":
-            return f"{head}, min {arr.min()}, max {arr.max()}{start}"
-        return f"{head}{start}"
-
-
-def _as_array(x: Any) -> np.ndarray | None:
-    if hasattr(x, "detach"):  # torch tensor
-        x = x.detach().cpu().numpy()
-    try:
-        arr = np.asarray(x)
-    except Exception:  # noqa: BLE001
-        return None
-    return None if arr.dtype == object else arr
-
-
-# ---------------------------------------------------------------------------------------------- comparing values
-def compare_values(expected: Any, got: Any, rtol: float = 1e-4, atol: float = 1e-6) -> str | None:
-    """``None`` when ``got`` matches ``expected``, else one sentence that says what differs and where.
-
-    Tuples are compared element by element; integers exactly; floats with ``rtol``/``atol``. Complex values and
-    non-numbers (strings, objects) never match, with a sentence that says so.
-    """
-    if isinstance(expected, tuple):
-        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
-            what = f"a {type(got).__name__}" + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else "")
-            return f"expected a tuple of {len(expected)} arrays, got {what}"
-        for i, (e, g) in enumerate(zip(expected, got)):
-            problem = compare_values(e, g, rtol, atol)
-            if problem:
-                return f"output [{i}]: {problem}"
-        return None
-    if isinstance(expected, (int, np.integer)):
-        if isinstance(got, bool) or not isinstance(got, (int, np.integer)):
-            if isinstance(got, np.ndarray) and got.size == 1 and got.dtype.kind in "iu":
-                got = int(got)
-            else:
-                return f"expected an int, got {type(got).__name__} {got!r}"
-        return (
-            None
-            if int(got) == int(expected)
-            else f"expected {int(expected)}, got {int(got)} (off by {int(got) - int(expected):+d})"
-        )
-    exp = np.asarray(expected)
-    arr = _as_array(got)
-    if arr is None:
-        return f"expected an array of shape {exp.shape}, got {type(got).__name__}"
-    kind = bad_dtype(arr)
-    if kind:
-        return kind
-    if arr.shape != exp.shape:
-        return f"wrong shape: expected {exp.shape}, got {arr.shape}"
-    if exp.dtype.kind in "iu":
-        if arr.dtype.kind not in "iu":
-            return f"expected integer indices, got dtype {arr.dtype}"
-        bad = np.argwhere(arr != exp)
-        if bad.size:
-            idx = tuple(int(i) for i in bad[0])
-            return f"{len(bad)} of {exp.size} entries differ; first at index {idx}: expected {exp[idx]}, got {arr[idx]}"
-        return None
-    arr = arr.astype(np.float64)
-    if np.isnan(arr).any() and not np.isnan(exp).any():
-        idx = tuple(int(i) for i in np.argwhere(np.isnan(arr))[0])
-        return f"your output contains NaN ({int(np.isnan(arr).sum())} entries; first at index {idx})"
-    if np.isinf(arr).any() and not np.isinf(exp).any():
-        return "your output contains inf"
-    close = np.isclose(arr, exp, rtol=rtol, atol=atol)
-    if not close.all():
-        idx = tuple(int(i) for i in np.argwhere(~close)[0])
-        return (
-            f"{int((~close).sum())} of {exp.size} entries differ; first at index {idx}: "
-            f"expected {float(exp[idx]):.6g}, got {float(arr[idx]):.6g}"
-        )
-    return None
-
-
-def bad_dtype(x: Any) -> str | None:
-    """``None`` when ``x`` (an array, a number, or a tuple of them) holds real numbers, else what is wrong with it."""
-    if isinstance(x, (tuple, list)) and any(isinstance(v, (tuple, list, np.ndarray)) for v in x):
-        for i, v in enumerate(x):
-            problem = bad_dtype(v)
-            if problem:
-                return f"output [{i}]: {problem}"
-        return None
-    if isinstance(x, (complex, np.complexfloating)):
-        return f"your output is a complex number ({x!r}); the algorithm is real-valued"
-    if isinstance(x, (str, bytes)):
-        return f"your output is text ({x!r}), not a number or an array of numbers"
-    arr = _as_array(x)
-    if arr is None:
-        return None  # not array-like at all: the comparison says what was expected instead
-    if arr.dtype.kind == "c":
-        return (
-            f"your output is complex (dtype {arr.dtype}); the algorithm is real-valued, imaginary parts are never right"
-        )
-    if arr.dtype.kind not in "biuf":
-        return f"your output holds {arr.dtype} values (dtype kind {arr.dtype.kind!r}), not numbers"
-    return None
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Loose equality used to recognise a known mistake (NaNs equal, small float noise ignored)."""
-    if isinstance(a, tuple) or isinstance(b, tuple):
-        return (
-            isinstance(a, (tuple, list))
-            and isinstance(b, (tuple, list))
-            and len(a) == len(b)
-            and all(_same(x, y) for x, y in zip(a, b))
-        )
-    x, y = _as_array(a), _as_array(b)
-    if x is None or y is None or x.shape != y.shape:
-        return False
-    if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
-        return False  # complex or non-numbers never match a known (real-valued) mistake
-    if x.dtype.kind in "iub" and y.dtype.kind in "iub":
-        return bool(np.array_equal(x, y))
-    try:
-        return bool(np.allclose(x.astype(np.float64), y.astype(np.float64), rtol=1e-4, atol=1e-6, equal_nan=True))
-    except (TypeError, ValueError):
-        return False
-
-
-def _unchanged(before: Any, after: Any) -> bool:
-    """Exact equality of an input before and after the submission ran (any in-place write shows)."""
-    x, y = _as_array(before), _as_array(after)
-    if x is None or y is None:
-        return bool(before == after) if type(before) is type(after) else False
-    return x.shape == y.shape and x.dtype == y.dtype and bool(np.array_equal(x, y, equal_nan=x.dtype.kind in "fc"))
-
-
-# ---------------------------------------------------------------------------------------------- the loop
-class SubmissionTimeout(BaseException):
-    """Raised inside a submission that ran past its time limit (a BaseException, so ``except Exception`` cannot swallow it)."""
-
-
-def run_submission(fn: Callable[..., Any], args: Sequence[Any], time_limit: float = TIME_LIMIT_S) -> tuple[str, Any]:
-    """Call ``fn(*args)`` as untrusted code: under a time limit, and never letting its exceptions escape.
-
-    On Linux and macOS, in the main thread (a notebook cell, a script, pytest), the call runs right there and a
-    ``SIGALRM`` timer interrupts it after ``time_limit`` seconds (even inside ``time.sleep``); a timer already set
-    by someone else (e.g. pytest-timeout) is restored afterwards. Elsewhere (another thread, Windows) it runs in a
-    daemon thread that the grader stops waiting for after ``time_limit``; a pure-Python loop is then interrupted
-    by an asynchronous exception, while a single long C call (one huge numpy operation) finishes in the background.
-
-    Args:
-        fn: the submission.
-        args: its positional arguments.
-        time_limit: seconds (> 0).
-
-    Returns:
-        ``("ok", value)``, ``("raised", exception)`` (``SystemExit`` from ``sys.exit()`` included) or
-        ``("timeout", None)``. ``KeyboardInterrupt`` (the user pressing stop) is re-raised.
-    """
-    if time_limit <= 0:
-        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
-    use_alarm = hasattr(signal, "SIGALRM") and hasattr(signal, "setitimer")
-    if use_alarm and threading.current_thread() is threading.main_thread():
-        return _run_with_alarm(fn, args, time_limit)
-    return _run_in_thread(fn, args, time_limit)
-
-
-def _run_with_alarm(fn: Callable[..., Any], args: Sequence[Any], time_limit: float) -> tuple[str, Any]:
-    state = {"active": True, "fired": False}
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        if state["active"]:
-            state["fired"] = True
-            raise SubmissionTimeout
-
-    old_handler = signal.signal(signal.SIGALRM, on_alarm)
-    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, time_limit)
-    start = time.monotonic()
-    try:
-        try:
-            outcome: tuple[str, Any] = ("ok", fn(*args))
-        except SubmissionTimeout:
-            outcome = ("timeout", None)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - SystemExit and everything else is the submission's failure
-            outcome = ("raised", exc)
-    finally:
-        state["active"] = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
-        if old_delay > 0:  # give back the timer we borrowed, minus the time spent
-            signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-3), old_interval)
-    if state["fired"]:  # the submission caught the timeout itself (a bare `except:`) and went on
-        return ("timeout", None)
-    return outcome
-
-
-def _run_in_thread(fn: Callable[..., Any], args: Sequence[Any], time_limit: float) -> tuple[str, Any]:
-    box: dict[str, Any] = {}
-    context = contextvars.copy_context()  # the caller's numpy errstate etc.
-
-    def target() -> None:
-        try:
-            box["outcome"] = ("ok", context.run(fn, *args))
-        except SubmissionTimeout:
-            box["outcome"] = ("timeout", None)
-        except BaseException as exc:  # noqa: BLE001 - reported, never raised
-            box["outcome"] = ("raised", exc)
-
-    worker = threading.Thread(target=target, name="refreekv-submission", daemon=True)
-    worker.start()
-    try:
-        worker.join(time_limit)
-    except KeyboardInterrupt:
-        _interrupt_thread(worker)
-        raise
-    if worker.is_alive():
-        _interrupt_thread(worker)
-        return ("timeout", None)
-    return box.get("outcome", ("timeout", None))
-
-
-def _interrupt_thread(worker: threading.Thread) -> None:
-    """Raise :class:`SubmissionTimeout` inside ``worker`` at its next Python instruction (CPython; else a no-op)."""
-    try:
-        import ctypes
-
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(worker.ident or 0), ctypes.py_object(SubmissionTimeout)
-        )
-    except (ImportError, AttributeError):  # not CPython: the daemon thread is left to finish on its own
-        pass
-
-
-def grade(exercise: Exercise, fn: Callable[..., Any], seed: int = 0, time_limit: float = TIME_LIMIT_S) -> CheckResult:
-    """Run ``fn`` on every case of ``exercise`` (positional arguments), stop at the first wrong answer, explain it.
+def grade(
+    exercise: Exercise,
+    fn: Callable[..., Any] | None,
+    seed: int = 0,
+    time_limit: float = TIME_LIMIT_S,
+    groups: Sequence[str] | None = None,
+    caller: Caller | None = None,
+) -> CheckResult:
+    """Run the submission on every case of ``exercise`` (positional arguments) and explain the first wrong one.
 
     Args:
         exercise: what to check.
-        fn: the submission.
+        fn: the submission (ignored when ``caller`` is given).
         seed: seed of the random cases (the same seed gives the same cases, so a failure can be reproduced).
-        time_limit: seconds one call may run before it counts as a failure (see :func:`run_submission`).
+        time_limit: seconds one call may run before it counts as a failure.
+        groups: only the cases of these groups (default: all).
+        caller: how to call the submission (default: in this process, :func:`~.sandbox.call_submission`).
     """
-    if not callable(fn):
-        raise TypeError(
-            f"pass your function itself, e.g. check_{exercise.name}({exercise.name}), not {type(fn).__name__}"
-        )
-    cases = exercise.make_cases(np.random.default_rng(seed))
-    names = [c.name for c in cases]
-    compare = exercise.compare or compare_values
-    for i, case in enumerate(cases):
-        expected = exercise.reference(*copy.deepcopy(case.args))
-        args = copy.deepcopy(case.args)
-        status, got = run_submission(fn, args, time_limit)
-        if status == "timeout":
-            problem = f"did not finish within {time_limit:g} s: the grader stopped it"
-            return _failed(exercise, i, cases, case, expected, problem, TIMEOUT_HINT)
-        if status == "raised":
-            exc = got
-            if isinstance(exc, NotImplementedError):
-                return _failed(
-                    exercise,
-                    i,
-                    cases,
-                    case,
-                    expected,
-                    "raised NotImplementedError",
-                    "the function is still the stub: replace `raise NotImplementedError` with your code.",
-                )
-            if isinstance(exc, SystemExit):
-                problem = f"called sys.exit({exc.code!r}) (or exit()/quit()): the grader caught it"
-                return _failed(exercise, i, cases, case, expected, problem, EXIT_HINT)
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            problem = f"raised {type(exc).__name__}: {exc} (line {where.lineno}: {where.line})"
-            return _failed(exercise, i, cases, case, expected, problem, _hint_for_error(exc, case))
-        changed = [j for j, (a, b) in enumerate(zip(args, case.args)) if not _unchanged(b, a)]
-        if changed:
-            names_ = _param_names(exercise.signature, len(case.args))
-            return _failed(
-                exercise,
-                i,
-                cases,
-                case,
-                expected,
-                f"your function changed its input argument #{changed[0] + 1} ({names_[changed[0]]}) in place",
-                MUTATION_HINT,
-                got,
+    if caller is None:
+        if not callable(fn):
+            raise TypeError(
+                f"pass your function itself, e.g. check_{exercise.name}({exercise.name}), not {type(fn).__name__}"
             )
-        kind = bad_dtype(got)
-        if kind:
-            return _failed(exercise, i, cases, case, expected, kind, DTYPE_HINT, got)
-        problem = compare(expected, got)
+        caller = _in_process(fn)
+    cases = select_cases(exercise, seed, groups)
+    verdicts: list[CaseResult] = []
+    first: tuple[Case, Any, str, str, Any] | None = None  # (case, expected, problem, hint, got) of the first failure
+    wrong_answers: list[tuple[Case, Any]] = []  # cases that returned a wrong value: the diagnosis reads them all
+    timed_out = False
+    for case in cases:
+        expected = exercise.reference(*copy.deepcopy(case.args))
+        call = Call("not run") if timed_out else caller(case.args, time_limit)
+        timed_out = timed_out or call.status == "timeout"
+        problem, hint, wrong_value = _judge(exercise, case, expected, call, time_limit)
+        verdicts.append(CaseResult(case.name, case.group, problem is None, problem or ""))
+        if wrong_value:
+            wrong_answers.append((case, call.value))
+        if problem is not None and first is None:
+            first = (case, expected, problem, hint, call.value if call.status == "ok" else _NOTHING)
+    failure = None
+    if first is not None:
+        case, expected, problem, hint, got = first
+        diagnosis = None
+        if wrong_answers and wrong_answers[0][0] is case:
+            hint, diagnosis = _diagnose(exercise, wrong_answers)
+        failure = _explain(exercise, case, expected, problem, hint, got, diagnosis)
+    n_passed = sum(v.passed for v in verdicts)
+    return CheckResult(
+        exercise.name, failure is None, n_passed, len(cases), failure, [c.name for c in cases], "", verdicts
+    )
+
+
+def _in_process(fn: Callable[..., Any]) -> Caller:
+    return lambda args, time_limit: call_submission(fn, args, time_limit)
+
+
+def _judge(
+    exercise: Exercise, case: Case, expected: Any, call: Call, time_limit: float
+) -> tuple[str | None, str, bool]:
+    """``(problem or None, hint, wrong_value)`` for one call; ``wrong_value``: it returned real numbers that differ."""
+    if call.status == "not run":
+        return NOT_RUN, TIMEOUT_HINT, False
+    if call.status == "timeout":
+        return f"did not finish within {time_limit:g} s: the grader stopped it", TIMEOUT_HINT, False
+    if call.status == "crashed":
+        return f"the process running your function died ({call.detail})", CRASH_HINT, False
+    if call.status == "raised":
+        if call.error_type == "NotImplementedError":
+            return "raised NotImplementedError", STUB_HINT, False
+        if call.error_type == "SystemExit":
+            return f"called sys.exit({call.error_text}) (or exit()/quit()): the grader caught it", EXIT_HINT, False
+        where = f" ({call.error_line})" if call.error_line else ""
+        return f"raised {call.error_type}: {call.error_text}{where}", _hint_for_error(call, case), False
+    if call.mutated is not None:
+        names = _param_names(exercise.signature, len(case.args))
+        problem = f"your function changed its input argument #{call.mutated + 1} ({names[call.mutated]}) in place"
+        return problem, MUTATION_HINT, False
+    got = call.value
+    try:
+        problem = bad_dtype(got)
         if problem:
-            hint, diagnosis = _diagnose(exercise, case, got)
-            return _failed(exercise, i, cases, case, expected, problem, hint, got, diagnosis)
-    return CheckResult(exercise.name, True, len(cases), len(cases), None, names)
+            return problem, DTYPE_HINT, False
+        problem = (exercise.compare or compare_values)(expected, got)
+    except BaseException as exc:  # noqa: BLE001 - an answer that breaks the comparison is a wrong answer
+        return f"the grader could not read your answer ({safe_text(type(exc).__name__)})", DTYPE_HINT, False
+    if problem is None:
+        return None, "", False
+    return problem, "", True
 
 
-def _diagnose(exercise: Exercise, case: Case, got: Any) -> tuple[str, str | None]:
-    for mistake in exercise.mistakes:
-        try:
-            theirs = mistake.fn(*copy.deepcopy(case.args))
-        except Exception:  # noqa: BLE001 - a mistake that crashes on this case just does not match
-            continue
-        if _same(theirs, got):
-            return mistake.hint, mistake.name
+def _diagnose(exercise: Exercise, wrong: list[tuple[Case, Any]]) -> tuple[str, str | None]:
+    """The hint of the known mistake that reproduces the submission's wrong answers, and its name.
+
+    A mistake that gives exactly the submission's output on every wrongly answered case wins; failing that,
+    the first that matches the first wrong case (two mistakes can agree on one case: both give NaN on a silent
+    head, but only ``total - prefix`` also breaks the zero tail).
+    """
+    matches = [[_reproduces(m, case, got) for case, got in wrong] for m in exercise.mistakes]
+    for want_all in (True, False):
+        for mistake, hits in zip(exercise.mistakes, matches):
+            if all(hits) if want_all else hits[0]:
+                return mistake.hint, mistake.name
+    case = wrong[0][0]
     return (
         case.hint or "compare your code with the definition in the exercise text, line by line, on this small case."
     ), None
+
+
+def _reproduces(mistake: Mistake, case: Case, got: Any) -> bool:
+    try:
+        return same_values(mistake.fn(*copy.deepcopy(case.args)), got)
+    except Exception:  # noqa: BLE001 - a mistake that crashes on this case just does not match
+        return False
 
 
 def _param_names(signature: str, count: int) -> list[str]:
@@ -527,8 +248,8 @@ def _param_names(signature: str, count: int) -> list[str]:
     return names if len(names) == count else [f"arg{j + 1}" for j in range(count)]
 
 
-def _hint_for_error(exc: BaseException, case: Case) -> str:
-    if isinstance(exc, (IndexError, ValueError)) and ("shape" in str(exc) or "broadcast" in str(exc)):
+def _hint_for_error(call: Call, case: Case) -> str:
+    if call.detail == "shape-like" and ("shape" in call.error_text or "broadcast" in call.error_text):
         return "a shape mismatch: print the .shape of every intermediate array and compare with the shapes in the docstring."
     return case.hint or "read the error above; the case's inputs are listed so you can reproduce it."
 
@@ -536,20 +257,12 @@ def _hint_for_error(exc: BaseException, case: Case) -> str:
 _NOTHING = object()  # the submission returned nothing (it raised, exited or timed out)
 
 
-def _failed(
-    exercise: Exercise,
-    i: int,
-    cases: list[Case],
-    case: Case,
-    expected: Any,
-    problem: str,
-    hint: str,
-    got: Any = _NOTHING,
-    diagnosis: str | None = None,
-) -> CheckResult:
+def _explain(
+    exercise: Exercise, case: Case, expected: Any, problem: str, hint: str, got: Any, diagnosis: str | None
+) -> Failure:
     names = _param_names(exercise.signature, len(case.args))
     inputs = "\n".join(f"{name} = {summarize(a)}" for name, a in zip(names, case.args))
-    failure = Failure(
+    return Failure(
         case=case.name,
         about=case.about,
         inputs=f"{exercise.signature}\n{inputs}",
@@ -558,5 +271,5 @@ def _failed(
         problem=problem,
         hint=hint,
         diagnosis=diagnosis,
+        group=case.group,
     )
-    return CheckResult(exercise.name, False, i, len(cases), failure, [c.name for c in cases])

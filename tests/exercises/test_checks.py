@@ -229,8 +229,12 @@ def test_layer_0_pruned_is_explained() -> None:
         kept = sol.recency_keep(p / p.sum(1, keepdims=True), sinks, threshold)
         return np.tile(kept, (keys.shape[0], 1))
 
-    text = _rejected(ex.check_decide_layer(decide_layer), "full layers", "'layer-0'")
-    assert "0 of 8 cases passed" in text
+    result = ex.check_decide_layer(decide_layer)
+    text = _rejected(result, "full layers", "'layer-0'")
+    # every case runs: only the two full layers are wrong, and the report says which group they are in
+    assert "6 of 8 cases passed (basic 3/3, edge 1/3, adversarial 2/2)" in text and "'layer-1' (edge)" in text
+    assert result.by_group() == {"basic": (3, 3), "edge": (1, 3), "adversarial": (2, 2)}
+    assert result.group_passed("basic") and not result.group_passed("edge")
 
 
 def test_full_layers_left_out_of_the_mean_is_explained() -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import refreekv_edu as rk
 from refreekv_edu.decision import Trace
-from refreekv_edu.exercises import cases, solutions
+from refreekv_edu.exercises import cases, cases_paper, solutions
 from refreekv_edu.reference import NumpyBackend
 
 be = NumpyBackend()
@@ -76,7 +76,7 @@ def test_official_script_layer_matches_the_preset(hq: int, hkv: int, threshold: 
 def _paper_inputs(seed: int, hq: int, hkv: int, length: int, rows: int = 1):
     rng = np.random.default_rng(seed)
     q = (2.0 * rng.normal(size=(hq, rows, 16))).astype(np.float32)
-    k = cases._with_sink(rng, q, rng.normal(size=(hkv, length, 16)).astype(np.float32))
+    k = cases_paper._with_sink(rng, q, rng.normal(size=(hkv, length, 16)).astype(np.float32))
     return q, k
 
 
