@@ -47,6 +47,13 @@ CRASH_HINT = (
     "your function stopped the process that ran it (os._exit, a crash inside a C extension, running out of "
     "memory): return the answer instead, and keep the arrays as small as the inputs."
 )
+LIBRARY_HINT = (
+    "write the function yourself: passing the package's own implementation (or the instructor's) earns nothing."
+)
+NOTEBOOK_HINT = (
+    "run your notebook top to bottom (Kernel > Restart and Run All) before you submit it: every cell must run, "
+    "the function must keep its name, and no cell may loop or wait at its top level."
+)
 STUB_HINT = "the function is still the stub: replace `raise NotImplementedError` with your code."
 NOT_RUN = "not run: an earlier case ran out of time"
 
@@ -190,6 +197,8 @@ def _judge(
         return NOT_RUN, TIMEOUT_HINT, False
     if call.status == "timeout":
         return f"did not finish within {time_limit:g} s: the grader stopped it", TIMEOUT_HINT, False
+    if call.status == "refused":
+        return call.detail, LIBRARY_HINT if "package's own" in call.detail else NOTEBOOK_HINT, False
     if call.status == "crashed":
         return f"the process running your function died ({call.detail})", CRASH_HINT, False
     if call.status == "raised":

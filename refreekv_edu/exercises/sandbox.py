@@ -33,8 +33,9 @@ class Call:
     """What one call of a submission did, as plain data (the same whether it ran here or in a child process).
 
     Attributes:
-        status: ``"ok"``, ``"raised"``, ``"timeout"``, ``"crashed"`` (the process running it died) or
-            ``"not run"`` (an earlier case ran out of time).
+        status: ``"ok"``, ``"raised"``, ``"timeout"``, ``"crashed"`` (the process running it died),
+            ``"refused"`` (the package's own function was submitted) or ``"not run"`` (an earlier case ran out
+            of time).
         value: the returned value (``status == "ok"``).
         error_type: the exception's class name, e.g. ``"ValueError"`` (``"SystemExit"`` for ``sys.exit()``).
         error_text: ``str(exception)``, or ``repr`` of the exit code for ``SystemExit``.

@@ -13,6 +13,21 @@ from typing import Any
 import numpy as np
 
 
+class Described:
+    """A value that was not plain data (an object, a generator...), as the process that ran the submission saw it."""
+
+    def __init__(self, type_name: str, text: str) -> None:
+        self.type_name, self.text = type_name, text
+
+    def __repr__(self) -> str:
+        return f"<{self.type_name}: {self.text}>"
+
+
+def kind_of(x: Any) -> str:
+    """The type name to report for ``x`` (the original type's name for a :class:`Described` value)."""
+    return x.type_name if isinstance(x, Described) else safe_text(type(x).__name__, 80)
+
+
 def safe_text(x: Any, limit: int = 200, how: str = "str") -> str:
     """``str(x)`` (or ``repr`` with ``how="repr"``), cut to ``limit`` characters; a placeholder if that raises."""
     try:
@@ -54,7 +69,7 @@ def _summarize(x: Any, max_items: int) -> str:
         return f"{type(x).__name__} {safe_text(x, how='repr')}"
     arr = _as_array(x)
     if arr is None:
-        return f"{type(x).__name__}: {safe_text(x, how='repr')}"
+        return f"{kind_of(x)}: {x.text if isinstance(x, Described) else safe_text(x, how='repr')}"
     head = f"array shape {tuple(arr.shape)} {arr.dtype}"
     if arr.size == 0:
         return head + " (empty)"
@@ -92,7 +107,7 @@ def compare_values(expected: Any, got: Any, rtol: float = 1e-4, atol: float = 1e
     """
     if isinstance(expected, tuple):
         if not isinstance(got, (tuple, list)) or len(got) != len(expected):
-            what = f"a {type(got).__name__}" + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else "")
+            what = f"a {kind_of(got)}" + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else "")
             return f"expected a tuple of {len(expected)} arrays, got {what}"
         for i, (e, g) in enumerate(zip(expected, got)):
             problem = compare_values(e, g, rtol, atol)
@@ -104,7 +119,7 @@ def compare_values(expected: Any, got: Any, rtol: float = 1e-4, atol: float = 1e
             if isinstance(got, np.ndarray) and got.size == 1 and got.dtype.kind in "iu":
                 got = int(got)
             else:
-                return f"expected an int, got {type(got).__name__} {safe_text(got, how='repr')}"
+                return f"expected an int, got {kind_of(got)} {safe_text(got, how='repr')}"
         return (
             None
             if int(got) == int(expected)
@@ -113,7 +128,7 @@ def compare_values(expected: Any, got: Any, rtol: float = 1e-4, atol: float = 1e
     exp = np.asarray(expected)
     arr = _as_array(got)
     if arr is None:
-        return f"expected an array of shape {exp.shape}, got {type(got).__name__}"
+        return f"expected an array of shape {exp.shape}, got {kind_of(got)}"
     kind = bad_dtype(arr)
     if kind:
         return kind

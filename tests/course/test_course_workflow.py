@@ -9,8 +9,9 @@ Six synthetic submissions of ex02 (five functions, 3 points each: one per case g
 submission            what it does                                               trusted points
 ====================  =========================================================  ===========================
 correct               the instructor solutions pasted into the answer cells      15 / 15
-planted               as correct, but ``halting_curve`` uses the L1 norm         as the package's own checks
-                                                                                 give for that code, < 15
+planted               as correct, but ``halting_curve`` uses the L1 norm         5 / 15 (the L1 curve also
+                      (the other functions call it, so they go wrong too)        breaks halting_cut,
+                                                                                 candidate_curve, recency_keep)
 half                  3 functions solved, 2 left as stubs                        9 / 15
 solutions_switch      ``SOLUTIONS = True`` and ``REFREEKV_SOLUTIONS=1``, stubs   0
 monkeypatch           the grading module patched to pass, garbage answers        0 (otter's score: tampered)
@@ -229,8 +230,9 @@ def test_batch_grading_six_submissions(assigned: Path, tmp_path: Path) -> None:
     assert totals["correct"] == full
     expected_planted = _in_process_points(planted)
     assert expected_planted["kept_positions"] == PER_QUESTION and expected_planted["halting_curve"] < PER_QUESTION
-    assert {q: points[("planted", q)] for q in QUESTIONS} == expected_planted
-    assert 0 < totals["planted"] < full
+    assert {q: points[("planted", q)] for q in QUESTIONS} == expected_planted == {
+        "halting_curve": 0, "halting_cut": 1, "candidate_curve": 0, "recency_keep": 1, "kept_positions": 3}
+    assert totals["planted"] == 5
     assert {q: points[("half", q)] for q in QUESTIONS} == {
         "halting_curve": 3, "halting_cut": 3, "candidate_curve": 0, "recency_keep": 0, "kept_positions": 3}
     assert totals["half"] == 9
@@ -246,5 +248,7 @@ def test_batch_grading_six_submissions(assigned: Path, tmp_path: Path) -> None:
     otter = {(r["student"], r["question"]): r["otter_points"] for r in rows}
     assert all(otter[("correct", q)] == str(PER_QUESTION) for q in QUESTIONS)  # otter agrees on honest work
     tampered = {r["student"] for r in rows if r["tampered"] == "1"}
-    assert tampered <= {"monkeypatch", "solutions_switch"}
+    assert tampered <= {"monkeypatch", "solutions_switch"} and "monkeypatch" in tampered
+    assert all(otter[("monkeypatch", q)] == str(PER_QUESTION) for q in QUESTIONS)  # otter was fooled; the CSV was not
+    assert all(otter[("loop", q)] == "" for q in QUESTIONS)  # otter run hung on the loop and was stopped
     print(f"otter points of the monkeypatched submission: {[otter[('monkeypatch', q)] for q in QUESTIONS]}")
