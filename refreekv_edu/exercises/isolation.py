@@ -20,6 +20,7 @@ submitted notebook instead.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import time
@@ -135,13 +136,14 @@ class ChildRunner:
             return message_call(receive(answers, deadline))
         except (WireError, OSError) as exc:
             late = time.monotonic() >= deadline
-            status = self.close()
+            status = self.close(wait_s=0.0 if late else 1.0)  # a closed pipe: the child is dying, hear how
             if late:
                 return Call("timeout")
             return Call("crashed", detail=status or str(exc))
 
-    def close(self) -> str:
-        """Kill the child (if any); how it ended, e.g. ``"killed by signal 11"`` when it had died on its own."""
+    def close(self, wait_s: float = 0.0) -> str:
+        """Kill the child (if any, after waiting up to ``wait_s`` for it to end on its own); how it had ended,
+        e.g. ``"killed by signal 11"``, or ``""`` when it was still running."""
         if self._child is None:
             return ""
         pid, requests, answers = self._child
@@ -149,6 +151,10 @@ class ChildRunner:
         ended = ""
         try:
             done, status = os.waitpid(pid, os.WNOHANG)
+            until = time.monotonic() + wait_s
+            while not done and time.monotonic() < until:
+                time.sleep(0.01)
+                done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 ended = _describe_status(status)
             self._kill(pid)
@@ -204,6 +210,7 @@ class ForkedRunner(ChildRunner):
                 os.close(to_child)
                 os.close(from_child)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                faulthandler.disable()  # a crash is reported by the parent, not dumped into its output
                 serve(self.fn, from_parent, to_parent)
             except BaseException:  # noqa: BLE001 - whatever happens, the child must not return into the parent's code
                 code = 1

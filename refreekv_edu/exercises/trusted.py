@@ -138,8 +138,8 @@ class NotebookRunner(ChildRunner):
         except (ProcessLookupError, PermissionError):
             pass
 
-    def close(self) -> str:
-        ended = super().close()
+    def close(self, wait_s: float = 0.0) -> str:
+        ended = super().close(wait_s)
         if self._proc is not None:
             self._proc.wait()  # reaped by waitpid already; this only clears Popen's bookkeeping
             self._proc = None
