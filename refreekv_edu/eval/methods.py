@@ -22,6 +22,12 @@
   average memory, which cannot give a demanding input more than a redundant one. It runs after the paper
   preset has run on every sample (the runner's second phase).
 
+- ``kvpress:<press>@matched``: a kvpress press (the ``kvpress`` extra, transformers models only) whose
+  compression ratio is ``1 - `` the paper preset's mean budget on the same sample, so it keeps the same share of
+  the whole cache: ``streamingllm``, ``snapkv``, ``tova``, ``knorm``, ``expected_attention``
+  (:data:`KVPRESS_PRESSES`). kvpress compresses every layer by the same ratio (layers 0 and 1 too, no sinks
+  unless the press keeps them) and runs at the end of prefill over the whole prompt, like ReFreeKV here.
+
 Every fixed budget keeps what the paper's method protects: the first 4 positions (sinks) and layers 0 and 1
 whole. ``recency`` protects no window (``w = 0``, like the paper); ``h2o`` and ``snapkv`` score candidates by the
 last ``w`` queries' attention (``--window``, default 8) and keep those ``w`` positions. ``<ranking>@<b>`` keeps
@@ -44,6 +50,9 @@ MATCH_PRESET = "paper"
 _NUMBER = r"[0-9]*\.?[0-9]+(?:e-?[0-9]+)?"
 _FIXED = re.compile(rf"^([a-z0-9_-]+)@(matched-set|matched|oracle|{_NUMBER})$")
 _PRESET = re.compile(rf"^([a-z0-9_-]+)(?:@({_NUMBER}))?$")
+_KVPRESS = re.compile(r"^kvpress:([a-z_]+)@matched$")
+#: The kvpress presses ``kvpress:<press>@matched`` can name (class names in kvpress: StreamingLLMPress, ...).
+KVPRESS_PRESSES = ("streamingllm", "snapkv", "tova", "knorm", "expected_attention")
 #: Fields of the fixed baselines that copy the paper preset's protections.
 FIXED_SINKS = PRESETS["paper"]["sinks"]
 FIXED_FULL_LAYERS = tuple(PRESETS["paper"]["full_layers"])
@@ -66,12 +75,34 @@ SWEEP_METHODS = tuple(f"{p}@{t:g}" for p in PRESETS for t in SWEEP_THRESHOLDS)
 
 
 @dataclass(frozen=True)
+class KvpressBaseline:
+    """What a ``kvpress:<press>@matched`` method runs: a kvpress press keeping ``budget`` of every layer's rows.
+
+    Not a :mod:`refreekv_edu` policy: the runner hands it to ``refreekv_torch.kvpress_baselines`` (kvpress
+    applies it); the record reads ``ranking``, ``threshold`` and ``budget`` like a policy's.
+    """
+
+    press: str
+    budget: float  # kept share of every layer = 1 - kvpress's compression_ratio
+    threshold: None = None
+
+    @property
+    def ranking(self) -> str:
+        return f"kvpress:{self.press}"
+
+    @property
+    def compression_ratio(self) -> float:
+        return 1.0 - self.budget
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """A parsed method name.
 
     Attributes:
         name: the canonical name (``"paper"``, ``"paper@0.02"``, ``"h2o@0.5"``, ``"recency@matched"``).
-        kind: ``"full"``, ``"refreekv"`` (a preset), ``"fixed"``, ``"matched"``, ``"matched-set"`` or ``"oracle"``.
+        kind: ``"full"``, ``"refreekv"`` (a preset), ``"fixed"``, ``"matched"``, ``"matched-set"``, ``"oracle"``
+            or ``"kvpress"``.
         preset: the ReFreeKV preset (``kind == "refreekv"``).
         ranking: the fixed baseline's ranking (``"fixed"``/``"matched"``).
         threshold: the preset's threshold, or ``None`` for the preset's own.
@@ -92,10 +123,15 @@ class MethodSpec:
             window: ``w`` of the ``h2o``/``snapkv`` fixed baselines (presets keep their own window).
             gqa: the GQA mode of every method.
             matched_budget: the per-pruned-layer budget of a ``matched``/``matched-set`` method (see
-                :func:`matched_budget`), or the budget an ``oracle`` search probes.
+                :func:`matched_budget`), the budget an ``oracle`` search probes, or for ``kvpress`` the paper
+                preset's mean budget over all layers.
         """
         from ..policies import FixedBudget, FullCache, ReFreeKV
 
+        if self.kind == "kvpress":
+            if matched_budget is None:
+                raise ValueError(f"method {self.name!r} needs the {MATCH_PRESET!r} preset's mean budget on the sample")
+            return KvpressBaseline(str(self.ranking), float(min(1.0, max(1e-3, matched_budget))))
         if self.kind == "full":
             return FullCache(gqa=gqa)
         if self.kind == "refreekv":
@@ -163,6 +199,12 @@ def parse_method(name: str) -> MethodSpec:
         if not 0.0 < value <= 1.0:
             raise ValueError(f"method {name!r}: a fixed budget must lie in (0, 1], got {value:g}")
         return MethodSpec(f"{ranking}@{value:g}", "fixed", ranking=ranking, budget=value)
+    m = _KVPRESS.match(text)
+    if text.startswith("kvpress:"):
+        if m and m.group(1) in KVPRESS_PRESSES:
+            return MethodSpec(text, "kvpress", ranking=m.group(1))
+        raise ValueError(f"unknown kvpress method {name!r}; use 'kvpress:<press>@matched' with press in "
+                         f"{', '.join(KVPRESS_PRESSES)}")
     hint = ""
     if text.startswith("position"):
         hint = " (the 'position' ranking is gone: 'recency' evicts oldest first and keeps the 4 sinks)"
@@ -194,9 +236,9 @@ def parse_methods(names: list[str] | tuple[str, ...] | str) -> list[MethodSpec]:
     for n in expanded:
         spec = parse_method(n)
         specs.setdefault(spec.name, spec)
-    if any(s.kind in MATCHED_KINDS for s in specs.values()) and MATCH_PRESET not in specs:
+    if any(s.kind in (*MATCHED_KINDS, "kvpress") for s in specs.values()) and MATCH_PRESET not in specs:
         specs = {MATCH_PRESET: parse_method(MATCH_PRESET), **specs}
     ordered = [parse_method("full")] + [s for s in specs.values() if s.kind == "refreekv"]
-    ordered += [s for s in specs.values() if s.kind in {"fixed", "matched", "oracle"}]
+    ordered += [s for s in specs.values() if s.kind in {"fixed", "matched", "oracle", "kvpress"}]
     ordered += [s for s in specs.values() if s.kind == "matched-set"]  # last: they need every sample's paper run
     return ordered

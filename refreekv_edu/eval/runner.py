@@ -20,6 +20,7 @@ backend with model integration (torch, mlx).
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import sys
@@ -35,7 +36,7 @@ import numpy as np
 
 from . import metrics
 from .config import EvalConfig, build_samples, token_counter
-from .methods import MATCH_PRESET, MethodSpec, matched_budget, parse_methods
+from .methods import MATCH_PRESET, KvpressBaseline, MethodSpec, matched_budget, parse_methods
 from .records import SAMPLES_FILE, _Reference, _safe, check_writable, prompt_digest, read_records, repair_torn_tail
 from .speed import speed_check
 from .tasks import Sample
@@ -101,6 +102,9 @@ class Runner:
 
     def _generate(self, sample: Sample, policy: Any) -> Any:
         steps = self.config.max_new_tokens or sample.max_new_tokens
+        if isinstance(policy, KvpressBaseline):  # a kvpress press: transformers models, the kvpress extra
+            press_generate = kvpress_generate()
+            return press_generate(self.model, self.tokenizer, self._prompt(sample), policy, max_new_tokens=steps)
         return self.generate_fn(self.model, self.tokenizer, self._prompt(sample), policy=policy, max_new_tokens=steps)
 
     def _ref_path(self, sample: Sample) -> Path:
@@ -148,7 +152,8 @@ class Runner:
             "ranking": policy.ranking,
             "policy": repr(policy),
             "threshold": policy.threshold,
-            "budget_target": policy.budget if method.kind in ("fixed", "matched", "matched-set", "oracle") else None,
+            "budget_target": policy.budget if method.kind in ("fixed", "matched", "matched-set", "oracle", "kvpress")
+            else None,
             "digest": prompt_digest(sample),
             "prompt_tokens": int(stats.get("prompt_tokens", 0)),
             "new_tokens": int(stats.get("new_tokens", len(result.tokens))),
@@ -161,7 +166,8 @@ class Runner:
             "exact_match_full": float(list(result.tokens) == list(ref.tokens)),
             "first_token_kl": kl,
             "needle_kept": needle_kept(trace, sample.meta["needle"]) if sample.meta.get("needle") else None,
-            "mean_budget": trace.mean_budget if trace.layers else 1.0,
+            "mean_budget": float(stats["mean_budget"]) if "mean_budget" in stats
+            else (trace.mean_budget if trace.layers else 1.0),
             "layer_budgets": [round(float(b), 5) for b in trace.budgets] if trace.layers else [],
             "full_layers": [i for i, d in enumerate(trace.layers) if d.full_layer],
             "kv_bytes_full": full_bytes,
@@ -205,6 +211,7 @@ class Runner:
                     continue
                 ref = self._load_reference(sample)  # full cache's tokens + logits, saved by an earlier run
                 matched = _matched_from(done.get((sample.id, MATCH_PRESET)))
+                paper_mean = (done.get((sample.id, MATCH_PRESET)) or {}).get("mean_budget")
                 for method in per_sample:  # "full" comes first, then "refreekv", then the baselines
                     if not self.applies(sample, method):
                         continue
@@ -212,7 +219,7 @@ class Runner:
                     rebuild_ref = method.kind == "full" and ref is None  # reference lost: rerun full, record nothing new
                     if recorded and not rebuild_ref:
                         continue
-                    if method.kind == "matched" and matched is None:
+                    if method.kind in ("matched", "kvpress") and matched is None:
                         raise RuntimeError(f"no {MATCH_PRESET!r} budget for sample {sample.id!r}; {MATCH_PRESET!r} must run "
                                            f"before {method.name!r}")
                     bar.set_postfix_str(f"{sample.id} {method.name}")
@@ -221,7 +228,8 @@ class Runner:
                     if method.kind == "oracle":
                         policy, result, probes = self._oracle(sample, method, ref)
                     else:
-                        policy = method.policy(self.config.window, self.config.gqa, matched_budget=matched)
+                        budget = paper_mean if method.kind == "kvpress" else matched
+                        policy = method.policy(self.config.window, self.config.gqa, matched_budget=budget)
                         result = self._generate(sample, policy)
                     wall = time.perf_counter() - start
                     if method.kind == "full":
@@ -229,6 +237,7 @@ class Runner:
                     if method.name == MATCH_PRESET:  # the paper preset sets the matched baselines' budget
                         t = result.trace
                         matched = matched_budget(t.mean_budget, len(t.layers), sum(d.full_layer for d in t.layers)) if t.layers else 1.0
+                        paper_mean = t.mean_budget if t.layers else 1.0
                     if recorded:
                         continue
                     rec = self.record(sample, method, policy, result, ref, matched, wall)
@@ -339,6 +348,18 @@ class Runner:
         path = self.out / "run.json"
         path.write_text(json.dumps(info, indent=1))
         return path
+
+
+def kvpress_generate() -> Callable[..., Any]:
+    """``refreekv_torch.kvpress_baselines.generate_with_press``, or a clear error when kvpress is not installed."""
+    try:  # by name, like the backend registry: the core never imports a backend package itself
+        module = importlib.import_module("refreekv_torch.kvpress_baselines")
+    except ImportError as exc:
+        raise RuntimeError(
+            f"kvpress methods need the kvpress extra and the torch backend ({exc}): "
+            'pip install -e ".[torch,kvpress]" (kvpress pins transformers<5.3)'
+        ) from None
+    return module.generate_with_press
 
 
 def set_threads(n: int, backend: str = "auto") -> int | None:

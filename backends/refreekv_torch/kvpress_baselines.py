@@ -1,0 +1,118 @@
+"""kvpress presses as evaluation baselines: ``kvpress:<press>@matched`` in ``refreekv-edu eval`` (the kvpress extra).
+
+:func:`generate_with_press` runs one prompt the way :func:`refreekv_edu.generate` does (the same prompt encoding,
+greedy decoding, end-of-sequence ids and ``first_logits``), but lets a kvpress press compress the cache at the
+end of prefill instead of a ReFreeKV policy. The press's compression ratio is ``1 - budget``: with
+``budget`` = the paper preset's mean budget on the same sample, both keep the same share of the whole cache;
+kvpress spreads it uniformly over the layers (layers 0 and 1 too), ReFreeKV decides per layer.
+
+The cache rows are counted after the prefill, so ``kv_bytes_kept`` is what the press really left (kvpress's
+scorer presses gather the kept rows: memory is freed). Decoding passes explicit positions: a compressed cache
+holds fewer rows than the tokens seen, so the next position is the prompt length plus the step, not the
+cache's length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from refreekv_edu.encoding import encode_prompt, eos_ids
+from refreekv_edu.generate import GenerationResult
+from refreekv_edu.sampling import Sampler, decode
+
+from . import hf_adapter
+from .hf_cache import layer_bytes, layer_rows
+
+#: ``kvpress:<name>@matched`` -> (kvpress class name, extra keyword arguments). StreamingLLM keeps 4 sinks, as
+#: the paper's method does; SnapKV keeps its own defaults (a 64-token observation window, kernel 5).
+PRESS_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "streamingllm": ("StreamingLLMPress", {"n_sink": 4}),
+    "snapkv": ("SnapKVPress", {}),
+    "tova": ("TOVAPress", {}),
+    "knorm": ("KnormPress", {}),
+    "expected_attention": ("ExpectedAttentionPress", {}),
+}
+
+
+def make_press(name: str, compression_ratio: float) -> Any:
+    """The kvpress press ``name`` (see :data:`PRESS_CLASSES`) at ``compression_ratio`` in ``[0, 1)``."""
+    if name not in PRESS_CLASSES:
+        raise ValueError(f"unknown kvpress press {name!r}; presses: {', '.join(PRESS_CLASSES)}")
+    if not 0.0 <= compression_ratio < 1.0:
+        raise ValueError(f"compression_ratio must lie in [0, 1), got {compression_ratio!r}")
+    try:
+        import kvpress
+    except ImportError as exc:
+        raise RuntimeError(f'kvpress is not installed ({exc}): pip install -e ".[torch,kvpress]"') from None
+    cls_name, extra = PRESS_CLASSES[name]
+    return getattr(kvpress, cls_name)(compression_ratio=float(compression_ratio), **extra)
+
+
+@torch.no_grad()
+def generate_with_press(model: Any, tokenizer: Any, prompt: Any, baseline: Any, max_new_tokens: int = 64) -> GenerationResult:
+    """Greedy generation with the cache compressed by a kvpress press at the end of prefill.
+
+    Args:
+        model, tokenizer: a transformers causal LM (batch 1) and its tokenizer.
+        prompt: as :func:`refreekv_edu.generate` takes it (text, chat messages or token ids).
+        baseline: a :class:`refreekv_edu.eval.methods.KvpressBaseline` (``press``, ``compression_ratio``).
+        max_new_tokens: decode steps (fewer when an end-of-sequence id comes).
+
+    Returns:
+        :class:`~refreekv_edu.generate.GenerationResult` with an empty trace; ``stats`` hold the prompt and new
+        token counts, the cache bytes before and after the press, the rows kept per layer and ``mean_budget``
+        (the kept share of all layers' rows).
+    """
+    from transformers import DynamicCache
+
+    press = make_press(baseline.press, baseline.compression_ratio)
+    ids = encode_prompt(tokenizer, prompt)
+    device = next(model.parameters()).device
+    kwarg = hf_adapter.cache_kwarg(model)
+    cache = DynamicCache(config=model.config)
+    was_training = model.training
+    model.eval()
+    try:
+        with press(model):
+            input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+            out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{kwarg: cache})
+        rows = [layer_rows(layer) for layer in cache.layers]
+        if baseline.compression_ratio > 0 and len(ids) > 8 and rows and min(rows) >= len(ids):
+            raise RuntimeError(  # a press whose hooks never ran (a transformers/kvpress mismatch) must not pass
+                f"{type(press).__name__} at compression ratio {baseline.compression_ratio:.3f} left every layer's "
+                f"{len(ids)} rows in the cache: the press did not run inside this model's forward"
+            )
+        kept_bytes = sum(layer_bytes(layer) for layer in cache.layers)
+        full_bytes = sum(layer_bytes(layer) * len(ids) // max(1, r) for layer, r in zip(cache.layers, rows))
+        step = {"position": len(ids)}
+
+        def forward(token: int) -> np.ndarray:
+            position = torch.tensor([step["position"]], dtype=torch.long, device=device)
+            logits = model(input_ids=torch.tensor([[token]], dtype=torch.long, device=device), use_cache=True,
+                           position_ids=position[None], cache_position=position, **{kwarg: cache}).logits
+            step["position"] += 1
+            return logits[0, -1].float().cpu().numpy()
+
+        eos = eos_ids(getattr(model, "generation_config", None), tokenizer)
+        last = out.logits[0, -1].float().cpu().numpy()
+        tokens, first_logits = decode(forward, last, Sampler(0.0, 1.0, 0), max_new_tokens, eos)
+    finally:
+        if was_training:
+            model.train()
+    from refreekv_edu.decision import Trace
+
+    stats = {
+        "prompt_tokens": len(ids),
+        "new_tokens": len(tokens),
+        "kv_bytes_full": int(full_bytes),
+        "kv_bytes_kept": int(kept_bytes),
+        "kept_per_layer": rows,
+        "mean_budget": float(np.mean(rows) / len(ids)) if rows else 1.0,
+        "press": type(press).__name__,
+        "compression_ratio": float(baseline.compression_ratio),
+    }
+    text = tokenizer.decode(tokens, skip_special_tokens=True) if tokenizer is not None else ""
+    return GenerationResult(text=text, tokens=tokens, trace=Trace(layers=[]), stats=stats, first_logits=first_logits)
