@@ -34,14 +34,15 @@ class Call:
 
     Attributes:
         status: ``"ok"``, ``"raised"``, ``"timeout"``, ``"crashed"`` (the process running it died),
-            ``"refused"`` (the package's own function was submitted) or ``"not run"`` (an earlier case ran out
-            of time).
+            ``"refused"`` (the package's own function was submitted, or a notebook could not be run to define
+            it; ``detail`` says which) or ``"not run"`` (an earlier case ran out of time).
         value: the returned value (``status == "ok"``).
         error_type: the exception's class name, e.g. ``"ValueError"`` (``"SystemExit"`` for ``sys.exit()``).
         error_text: ``str(exception)``, or ``repr`` of the exit code for ``SystemExit``.
         error_line: where it was raised, e.g. ``"line 3: x = a / b"``.
         mutated: index of the first input argument the function wrote into, else ``None``.
-        detail: how a crash looked (``"exited with status 3"``, ``"killed by signal 11"``).
+        detail: how a crash looked (``"exited with status 3"``, ``"killed by signal 11"``), why a submission was
+            refused, or ``"shape-like"`` for an ``IndexError``/``ValueError`` (the hint may be about shapes).
     """
 
     status: str
