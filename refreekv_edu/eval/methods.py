@@ -88,10 +88,12 @@ class KvpressBaseline:
 
     @property
     def ranking(self) -> str:
+        """``"kvpress:<press>"``, as a record's ``ranking`` column shows it."""
         return f"kvpress:{self.press}"
 
     @property
     def compression_ratio(self) -> float:
+        """What kvpress takes: the share of every layer's rows it removes, ``1 - budget``."""
         return 1.0 - self.budget
 
 
