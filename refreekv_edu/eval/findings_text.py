@@ -67,7 +67,10 @@ def findings(rows: Sequence[SummaryRow], records: Sequence[dict[str, Any]] | Non
             if c is None:
                 continue
             kind = "one budget for the whole set" if base.endswith("@matched-set") else "the same budget per sample"
-            line = (f"**Fixed budget at the same mean, {base}** ({kind}; mean budget {_fmt(100 * c.base_budget, '.1f')}% vs the "
+            title = "Fixed budget at the same mean"
+            if base.startswith("kvpress:"):  # a kvpress press: the same share of rows in every layer, layers 0-1 too
+                title, kind = "kvpress press at the same mean", "compression ratio 1 - the paper's budget, every layer alike"
+            line = (f"**{title}, {base}** ({kind}; mean budget {_fmt(100 * c.base_budget, '.1f')}% vs the "
                     f"paper's {_fmt(100 * c.paper_budget, '.1f')}%): keeps the full score on {_pct(c.base_keeps)} of {c.n} samples "
                     f"vs the paper's {_pct(c.paper_keeps)}; paired difference (paper minus fixed) "
                     f"{_fmt(100 * c.diff_keeps, '+.0f')} points [{_fmt(100 * c.diff_keeps_ci[0], '+.0f')}, "

@@ -50,7 +50,7 @@ def environment(model: Any = None, backend: str | None = None) -> dict[str, Any]
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("refreekv_edu", "numpy", "torch", "transformers", "mlx", "mlx-lm"):
+    for pkg in ("refreekv_edu", "numpy", "torch", "transformers", "kvpress", "mlx", "mlx-lm"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -214,7 +214,9 @@ def write_results_md(records: Sequence[dict[str, Any]], run_info: dict[str, Any]
                   "`<ranking>@matched` keeps the same share in every pruned layer (sinks and layers 0-1 kept, like the "
                   "paper) so that its mean over layers equals the budget the paper preset chose **on that sample**; "
                   "`<ranking>@matched-set` uses **one** budget for every sample: the paper preset's mean budget over the "
-                  "whole run. *keeps full*: task score at least the full cache's; *only paper / only fixed*: samples where "
+                  "whole run. `kvpress:<press>@matched` runs that kvpress press at compression ratio 1 - the paper preset's mean "
+                  "budget on the sample: the same share of rows in **every** layer (layers 0-1 included), chosen by the "
+                  "press's own scores. *keeps full*: task score at least the full cache's; *only paper / only fixed*: samples where "
                   "just one of the two kept it.", "", mt, ""]
     ll = layer_losses(records)
     if ll is not None and ll.lost:
