@@ -39,6 +39,12 @@ import refreekv_edu as rk  # noqa: E402
 from refreekv_edu.integration import shared_positions  # noqa: E402
 from refreekv_edu.policies import PRESETS  # noqa: E402
 
+
+def _kv(model, cache) -> dict:
+    """The cache under the keyword this transformers version's forward takes (``cache=`` >= 5.3, else
+    ``past_key_values=``), so these tests run on both versions CI installs."""
+    return {hf_adapter.cache_kwarg(model): cache}
+
 PROMPT_LEN = 48
 PRESET_NAMES = tuple(PRESETS)  # paper, sinks-in-metric, h2o-ranking, official-script
 FAMILIES = {
@@ -117,7 +123,7 @@ def _register_evicted_mask_attention(evicted: dict[int, torch.Tensor], groups: i
 def _decode_logits(model, cache, tokens):
     out = []
     for token in tokens:
-        logits = model(input_ids=torch.tensor([[token]]), cache=cache, use_cache=True).logits[0, -1]
+        logits = model(input_ids=torch.tensor([[token]]), use_cache=True, **_kv(model, cache)).logits[0, -1]
         out.append(logits.float())
     return torch.stack(out)
 
@@ -154,7 +160,7 @@ def _pruned_masked_and_full_runs(model, policy, ids, follow) -> dict:
         press = hf_compress.Compressor(model, policy, auto=False)
         with press:
             cache = DynamicCache(config=model.config)
-            model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+            model(input_ids=torch.tensor([ids]), use_cache=True, **_kv(model, cache))
             captured_rows = {i: c.hidden.shape[1] for i, c in press.adapter.captured.items()}
             before = [(layer, layer.keys, layer.values) for layer in cache.layers]
             trace = press.compact(cache)
@@ -162,9 +168,9 @@ def _pruned_masked_and_full_runs(model, policy, ids, follow) -> dict:
             pruned = _decode_logits(model, cache, follow)
 
         full_cache = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([ids]), cache=full_cache, use_cache=True)
+        model(input_ids=torch.tensor([ids]), use_cache=True, **_kv(model, full_cache))
         prefill = DynamicCache(config=model.config)  # a plain prefill, kept as it is to compare tensors
-        model(input_ids=torch.tensor([ids]), cache=prefill, use_cache=True)
+        model(input_ids=torch.tensor([ids]), use_cache=True, **_kv(model, prefill))
         evicted = {d.layer: torch.as_tensor(d.evicted_mask()) for d in trace.layers}
         saved = model.config._attn_implementation
         groups = model.config.num_attention_heads // model.config.num_key_value_heads
@@ -175,7 +181,7 @@ def _pruned_masked_and_full_runs(model, policy, ids, follow) -> dict:
             model.config._attn_implementation = saved
 
         plain_cache = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([ids]), cache=plain_cache, use_cache=True)
+        model(input_ids=torch.tensor([ids]), use_cache=True, **_kv(model, plain_cache))
         full = _decode_logits(model, plain_cache, follow)
     return {
         "pruned": pruned, "reference": reference, "full": full, "trace": trace, "press": press,
@@ -191,11 +197,11 @@ def test_cache_tensors_have_kept_sizes(family):
     info = hf_adapter.attention_layers(model)
     with torch.no_grad():
         full = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([ids]), cache=full, use_cache=True)
+        model(input_ids=torch.tensor([ids]), use_cache=True, **_kv(model, full))
         press = hf_compress.Compressor(model, rk.FixedBudget(budget=0.5), auto=False)
         with press:
             cache = DynamicCache(config=model.config)
-            model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+            model(input_ids=torch.tensor([ids]), use_cache=True, **_kv(model, cache))
             trace = press.compact(cache)
 
     decided = {d.layer: d for d in trace.layers}
@@ -233,18 +239,18 @@ def test_positions_continue_at_prompt_length():
     ids = prompt_ids()
     with torch.no_grad(), hf_compress.Compressor(model, rk.FixedBudget(budget=0.25), auto=False) as press:
         cache = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+        model(input_ids=torch.tensor([ids]), use_cache=True, **_kv(model, cache))
         press.compact(cache)
         rows = cache.layers[0].num_rows
         assert rows == 12 and cache.get_seq_length() == len(ids)  # 12 rows held, 48 tokens seen
-        model(input_ids=torch.tensor([[5]]), cache=cache, use_cache=True)
+        model(input_ids=torch.tensor([[5]]), use_cache=True, **_kv(model, cache))
         assert cache.layers[0].num_rows == rows + 1 and cache.get_seq_length() == len(ids) + 1
         # what RoPE receives: transformers computes position_ids from get_seq_length()
         seen = {}
         hook = model.model.rotary_emb.register_forward_hook(
             lambda m, a, kw, out: seen.update(pos=kw["position_ids"]), with_kwargs=True
         )
-        model(input_ids=torch.tensor([[6]]), cache=cache, use_cache=True)
+        model(input_ids=torch.tensor([[6]]), use_cache=True, **_kv(model, cache))
         hook.remove()
     assert seen["pos"].tolist() == [[len(ids) + 1]]
 
@@ -335,10 +341,10 @@ def test_multi_token_step_after_compaction_equals_single_steps(family, attn):
         policy = rk.ReFreeKV.preset("official-script", threshold=0.3)
         with torch.no_grad(), hf_compress.Compressor(model, policy, auto=False) as press:
             cache = DynamicCache(config=model.config)
-            model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+            model(input_ids=torch.tensor([ids]), use_cache=True, **_kv(model, cache))
             press.compact(cache)
             if chunked:
-                logits.append(model(input_ids=torch.tensor([follow]), cache=cache, use_cache=True).logits[0].float())
+                logits.append(model(input_ids=torch.tensor([follow]), use_cache=True, **_kv(model, cache)).logits[0].float())
             else:
                 logits.append(_decode_logits(model, cache, follow))
     torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4)
@@ -455,7 +461,7 @@ def test_model_of_full_layers_only_is_left_alone():
     expected = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids) :].tolist()
     with torch.no_grad(), hf_compress.Compressor(model, rk.ReFreeKV(), auto=False) as press:
         cache = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+        model(input_ids=torch.tensor([ids]), use_cache=True, **_kv(model, cache))
         layers = [(layer, layer.keys.data_ptr()) for layer in cache.layers]
         trace = press.compact(cache)
         assert model.config._attn_implementation == "sdpa"  # no compacted layer: no fitted masks needed
@@ -489,7 +495,7 @@ def test_single_slice_equals_per_head_gather(monkeypatch):
         policy = rk.ReFreeKV.preset(preset, threshold=0.3)
         with torch.no_grad(), hf_compress.Compressor(model, policy, auto=False) as press:
             cache = DynamicCache(config=model.config)
-            model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+            model(input_ids=torch.tensor([ids]), use_cache=True, **_kv(model, cache))
             press.compact(cache)
         assert calls == [path, path], (preset, calls)  # keys and values of layer 2
 
