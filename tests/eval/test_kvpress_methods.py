@@ -2,7 +2,7 @@
 
 The runner hands a :class:`KvpressBaseline` to ``refreekv_torch.kvpress_baselines`` instead of ``generate``; here
 a stand-in records what it was given, so the budget passed (1 - compression ratio = the paper's mean budget on
-the same sample) is checked against the paper's record without kvpress installed. ``tests/kvpress`` runs the
+the same sample) is checked against the paper's record without kvpress installed. ``tests/kvpress_tests`` runs the
 real presses on the bundled model where kvpress is installed.
 """
 
@@ -89,7 +89,7 @@ def test_without_kvpress_the_error_says_what_to_install() -> None:
         with pytest.raises(RuntimeError, match=r"pip install -e \"\.\[torch,kvpress\]\""):
             make_press("snapkv", 0.3)
     else:
-        pytest.skip("kvpress is installed here: tests/kvpress runs the real presses")
+        pytest.skip("kvpress is installed here: tests/kvpress_tests runs the real presses")
     from refreekv_torch.kvpress_baselines import make_press
 
     with pytest.raises(ValueError, match="unknown kvpress press"):
