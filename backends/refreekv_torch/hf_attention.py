@@ -49,7 +49,9 @@ def _model_eager_attention(module: torch.nn.Module) -> Callable[..., Any]:
 
 
 def _make_fitted_attention(base: str) -> Callable[..., Any]:
-    def attention(module, query, key, value, attention_mask, **kwargs):
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        # *args: a wrapper around this one (kvpress patches every registered attention function) may pass
+        # dropout positionally; it goes on to the base function unchanged.
         q_len, kv_len = query.shape[-2], key.shape[-2]
         allowed = bottom_right_mask(q_len, kv_len, kwargs.get("sliding_window"), query.device)
         if base == "sdpa":
@@ -63,7 +65,7 @@ def _make_fitted_attention(base: str) -> Callable[..., Any]:
             if allowed is not None:
                 mask = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
                 mask = mask.masked_fill(~allowed, torch.finfo(query.dtype).min)[None, None]
-        return fn(module, query, key, value, mask, **kwargs)
+        return fn(module, query, key, value, mask, *args, **kwargs)
 
     attention.__name__ = f"refreekv_{base}_attention"
     attention.__doc__ = f"{base} attention with a per-layer bottom-right causal mask (see refreekv_torch.hf_attention)."
