@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import refreekv_edu as rk
-from refreekv_edu.halting import halting_curve, halting_cut
+from refreekv_edu.halting import cut_from_ratio, halting_curve, halting_cut
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -145,8 +145,13 @@ def test_sinks_out_of_the_metric_never_changes_which_sinks_are_kept(inputs, thre
     m = paper.sinks
     np.testing.assert_array_equal(paper.kept[:, :m], np.tile(np.arange(m), (paper.num_heads, 1)))
     np.testing.assert_array_equal(literal.kept[:, :m], paper.kept[:, :m])
-    # Counting the sinks adds the same amount to every tail, so the relative loss only shrinks: it evicts as much or more.
-    assert literal.n_evicted >= paper.n_evicted
+    # Counting the sinks adds the same amount to every tail, so the relative loss only shrinks: it evicts as much or
+    # more. Both curves are float32: a loss of one ulp can round to 0 in one and not the other (found at T = 0:
+    # 0.0 vs 7.8e-8), so the curves are compared within float32 rounding and the evictions against the paper's
+    # cut at a threshold that much stricter.
+    tol = 8 * float(np.finfo(np.float32).eps)
+    assert np.all(literal.curve <= paper.curve + tol)
+    assert literal.n_evicted >= cut_from_ratio(paper.curve, threshold - tol)
 
 
 @FAST

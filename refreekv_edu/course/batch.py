@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..progress import progress_bar
 from .assign import MANIFEST, require_otter
 
 CSV_COLUMNS = ["student", "assignment", "question", "points", "possible", "total", "feedback", "otter_points", "tampered"]
@@ -172,8 +173,8 @@ def grade_folder(
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     groups = list(manifest["group_points"])
     rows: list[dict[str, Any]] = []
-    bar = _progress(found, progress)
-    for student, notebook in bar:
+    bar = progress_bar(len(found), "grading", progress, unit="submission")
+    for student, notebook in found:
         assignment = assignment_of(notebook, manifest)
         info = manifest["assignments"][assignment]
         questions = info["questions"]
@@ -190,8 +191,8 @@ def grade_folder(
                 "otter_points": "" if otter_points is None else _num(otter_points),
                 "tampered": int(otter_points is not None and otter_points > trusted.points[q] + 1e-9),
             })
-        if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(f"{student}: {_num(total)}")
+        bar.set_postfix_str(f"{student}: {_num(total)}")
+        bar.update(1)
         if otter.error and use_otter:
             print(f"{student}: otter run {otter.error}", file=sys.stderr)
     with csv_path.open("w", newline="", encoding="utf-8") as f:
@@ -203,16 +204,6 @@ def grade_folder(
 
 def _num(x: float) -> float | int:
     return int(x) if float(x).is_integer() else round(float(x), 4)
-
-
-def _progress(items: list[Any], enabled: bool) -> Any:
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc="grading", unit="submission")
 
 
 # ------------------------------------------------------------------------------------- worker processes

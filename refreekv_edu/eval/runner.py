@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..progress import progress_bar
 from . import metrics
 from .config import EvalConfig, build_samples, token_counter
 from .methods import MATCH_PRESET, KvpressBaseline, MethodSpec, matched_budget, parse_methods
@@ -203,7 +204,7 @@ class Runner:
         if self.config.speed_length:  # first, so an interrupted evaluation still has it (reused on resume)
             self.speed()
         todo = [(s, m) for s in samples for m in self.methods if (s.id, m.name) not in done and self.applies(s, m)]
-        bar = _progress(len(todo), f"eval {self.out.name}", self.config.progress)
+        bar = progress_bar(len(todo), f"eval {self.out.name}", self.config.progress)
         repair_torn_tail(self.records_path)
         with open(self.records_path, "a", encoding="utf-8") as sink:
             for sample in samples:
@@ -381,30 +382,6 @@ def _matched_from(record: dict[str, Any] | None) -> float | None:
     if not layers:
         return 1.0
     return matched_budget(record["mean_budget"], len(layers), len(record.get("full_layers", [])))
-
-
-class _NoBar:
-    def __init__(self, total: int, desc: str):
-        self.total, self.n, self.desc = total, 0, desc
-
-    def set_postfix_str(self, text: str) -> None:
-        pass
-
-    def update(self, k: int) -> None:
-        self.n += k
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar(total, desc)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar(total, desc)
-    return tqdm(total=total, desc=desc, unit="run", file=sys.stderr)
 
 
 def run_eval(config: EvalConfig, model: Any = None, tokenizer: Any = None, generate_fn: Callable[..., Any] | None = None,
