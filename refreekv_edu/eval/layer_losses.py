@@ -112,7 +112,7 @@ def layer_losses_finding(ll: LayerLosses) -> str | None:
 
 def plot_layer_losses(ll: LayerLosses, path: Path) -> Path:
     """Per-layer budget of the paper preset on lost vs kept samples, with the uniform matched budget."""
-    from .plots import _pyplot
+    from .plots import _pyplot, save_figure
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -127,10 +127,7 @@ def plot_layer_losses(ll: LayerLosses, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Where the rule cut: samples the paper preset lost vs kept", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def _pct(x: float) -> str:

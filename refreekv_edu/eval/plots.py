@@ -26,6 +26,14 @@ def _pyplot():
     return plt
 
 
+def save_figure(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write ``path`` (110 dpi) and close ``fig`` (open figures hold memory in a long notebook)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_score_vs_budget(records: Sequence[dict[str, Any]], path: Path) -> Path:
     """One panel per task (and length): mean score against mean KV kept, a line per fixed ranking, ReFreeKV as a star."""
     plt = _pyplot()
@@ -93,10 +101,7 @@ def plot_budget_distribution(records: Sequence[dict[str, Any]], path: Path, meth
     ax.set_ylim(0, 102)
     ax.set_title(f"{method}: KV kept per sample, by task", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def plot_layer_profile(records: Sequence[dict[str, Any]], path: Path, method: str = "paper") -> Path:
@@ -117,10 +122,7 @@ def plot_layer_profile(records: Sequence[dict[str, Any]], path: Path, method: st
     ax.grid(alpha=0.3)
     if data:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def sweep_points(records: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float, float]]]:
@@ -160,10 +162,7 @@ def plot_threshold_sweep(records: Sequence[dict[str, Any]], path: Path) -> Path 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Threshold sweep: budget vs fidelity (labels: T)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def make_plots(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
