@@ -9,4 +9,5 @@ python3 -m venv .venv-kv
 .venv-kv/bin/pip install -q -e ".[kvpress,triton]" "torch==2.13.0" pytest hypothesis
 .venv-kv/bin/python -c 'import kvpress, transformers; print("kvpress", kvpress.__version__ if hasattr(kvpress, "__version__") else "", "transformers", transformers.__version__)'
 .venv-kv/bin/python -m pytest -q -p no:cacheprovider -m "not slow" tests/torch tests/kvpress_tests
-.venv-kv/bin/python -m pytest -q -p no:cacheprovider tests/docs/test_snippets.py -k integrations  # its kvpress section
+.venv-kv/bin/python -m pytest -q -p no:cacheprovider tests/docs/test_readme_example.py \
+  tests/docs/test_snippets.py -k "integrations or readme"  # the README example and the kvpress section
