@@ -29,6 +29,10 @@ from refreekv_edu.models import ARTIFACTS, cache_dir, sha256_of
 
 #: Bump when the layout of a converted-model folder changes (old folders are then simply not found).
 CACHE_FORMAT = 1
+#: Revision of the torch loader's tokenizer normalisation (``gguf_tokenizer``); part of the folder name
+#: (``torch-v1-tok2-...``), so a folder converted before it (a transformers 5.0-5.2 tokenizer that adds a BOS and
+#: calls ``<|im_start|>`` the EOS) is rebuilt.
+TOKENIZER_REVISION = 2
 #: The file written last into a converted-model folder: its key and the size of every other file.
 MANIFEST = "refreekv-cache.json"
 #: Prefix of the temporary folders a conversion writes into: ``.tmp-<pid>-<random>``.

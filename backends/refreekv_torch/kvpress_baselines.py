@@ -7,9 +7,12 @@ end of prefill instead of a ReFreeKV policy. The press's compression ratio is ``
 kvpress spreads it uniformly over the layers (layers 0 and 1 too), ReFreeKV decides per layer.
 
 The cache rows are counted after the prefill, so ``kv_bytes_kept`` is what the press really left (kvpress's
-scorer presses gather the kept rows: memory is freed). Decoding passes explicit positions: a compressed cache
-holds fewer rows than the tokens seen, so the next position is the prompt length plus the step, not the
-cache's length.
+scorer presses gather the kept rows: memory is freed). AdaKV is different: it chooses a budget per head, so the
+heads of a layer keep different rows and kvpress cannot gather them; it *masks* the evicted keys instead (its
+attention patch replaces them, while decoding, by a key whose attention weight underflows to 0). Its budget is
+the unmasked share and ``kv_bytes_kept`` stays the full cache's: no memory is freed. Decoding passes explicit
+positions: a compressed cache holds fewer rows than the tokens seen, so the next position is the prompt length
+plus the step, not the cache's length.
 """
 
 from __future__ import annotations
@@ -28,14 +31,18 @@ from .hf_cache import layer_bytes, layer_rows
 
 #: ``kvpress:<name>@matched`` -> (kvpress class name, extra keyword arguments). StreamingLLM keeps 4 sinks, as
 #: the paper's method does. SnapKV observes the last 8 queries, like this package's own ``snapkv`` baseline
-#: (``--window``): kvpress's default window of 64 is longer than the short prompts and fails on them.
+#: (``--window``): kvpress's default window of 64 is longer than the short prompts and fails on them. AdaKV wraps
+#: a scorer press (``"press"``: built first, at the same ratio): SnapKV's scores, as in the AdaKV paper's Ada-SnapKV.
 PRESS_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
     "streamingllm": ("StreamingLLMPress", {"n_sink": 4}),
     "snapkv": ("SnapKVPress", {"window_size": 8}),
     "tova": ("TOVAPress", {}),
     "knorm": ("KnormPress", {}),
     "expected_attention": ("ExpectedAttentionPress", {}),
+    "adakv": ("AdaKVPress", {"press": ("SnapKVPress", {"window_size": 8})}),
 }
+#: Presses that mask keys per head instead of removing rows: their memory is not freed.
+MASKING_PRESSES = frozenset({"adakv"})
 
 
 def make_press(name: str, compression_ratio: float) -> Any:
@@ -49,7 +56,46 @@ def make_press(name: str, compression_ratio: float) -> Any:
     except ImportError as exc:
         raise RuntimeError(f'kvpress is not installed ({exc}): pip install -e ".[torch,kvpress]"') from None
     cls_name, extra = PRESS_CLASSES[name]
+    if "press" in extra:  # a wrapper (AdaKV): the ratio belongs to the scorer press it wraps
+        inner_name, inner_extra = extra["press"]
+        inner = getattr(kvpress, inner_name)(compression_ratio=float(compression_ratio), **inner_extra)
+        return getattr(kvpress, cls_name)(press=inner, **{k: v for k, v in extra.items() if k != "press"})
     return getattr(kvpress, cls_name)(compression_ratio=float(compression_ratio), **extra)
+
+
+def _attention_modules(model: Any) -> list[Any]:
+    """The attention module of every decoder layer, in layer order (where kvpress's hooks sit)."""
+    from .hf_adapter import decoder_layers
+
+    return [layer.self_attn for layer in decoder_layers(model)]
+
+
+def masked_rows(model: Any, n_rows: int) -> list[float]:
+    """Per layer, the mean over KV heads of the rows a masking press left visible after the prefill.
+
+    kvpress stores the masked ``(batch, head, position)`` triples as ``module.masked_key_indices``; a layer whose
+    press masked nothing has ``None`` and keeps all ``n_rows``.
+    """
+    rows = []
+    for attn in _attention_modules(model):
+        masked = getattr(attn, "masked_key_indices", None)
+        heads = int(getattr(attn.config, "num_key_value_heads", 1) or 1)
+        rows.append(n_rows - (0.0 if masked is None else len(masked[2]) / heads))
+    return rows
+
+
+def _require_masking_attention(model: Any) -> None:
+    # kvpress wraps the attention functions registered when it was imported; one registered later (or an
+    # implementation it does not know) would ignore the masks and silently decode with the full cache.
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    impl = hf_adapter.text_config(model)._attn_implementation
+    fn = ALL_ATTENTION_FUNCTIONS.get(impl) if impl in ALL_ATTENTION_FUNCTIONS else None
+    if fn is None or "attention_patch" not in getattr(fn, "__qualname__", ""):
+        raise RuntimeError(
+            f"the model's attention implementation {impl!r} is not wrapped by kvpress's attention patch, so a masking "
+            "press (AdaKV) would decode with every key visible; load the model with attn_implementation='sdpa'"
+        )
 
 
 @torch.no_grad()
@@ -70,6 +116,9 @@ def generate_with_press(model: Any, tokenizer: Any, prompt: Any, baseline: Any, 
     from transformers import DynamicCache
 
     press = make_press(baseline.press, baseline.compression_ratio)
+    masking = baseline.press in MASKING_PRESSES
+    if masking:
+        _require_masking_attention(model)
     ids = encode_prompt(tokenizer, prompt)
     device = next(model.parameters()).device
     kwarg = hf_adapter.cache_kwarg(model)
@@ -80,14 +129,16 @@ def generate_with_press(model: Any, tokenizer: Any, prompt: Any, baseline: Any, 
         with press(model):
             input_ids = torch.tensor([ids], dtype=torch.long, device=device)
             out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{kwarg: cache})
-        rows = [layer_rows(layer) for layer in cache.layers]
+        rows = masked_rows(model, len(ids)) if masking else [layer_rows(layer) for layer in cache.layers]
         if baseline.compression_ratio > 0 and len(ids) > 8 and rows and min(rows) >= len(ids):
             raise RuntimeError(  # a press whose hooks never ran (a transformers/kvpress mismatch) must not pass
                 f"{type(press).__name__} at compression ratio {baseline.compression_ratio:.3f} left every layer's "
-                f"{len(ids)} rows in the cache: the press did not run inside this model's forward"
+                f"{len(ids)} rows {'unmasked' if masking else 'in the cache'}: the press did not run inside this "
+                "model's forward"
             )
-        kept_bytes = sum(layer_bytes(layer) for layer in cache.layers)
-        full_bytes = sum(layer_bytes(layer) * len(ids) // max(1, r) for layer, r in zip(cache.layers, rows))
+        kept_bytes = sum(layer_bytes(layer) for layer in cache.layers)  # a masking press frees nothing
+        full_bytes = kept_bytes if masking else sum(
+            layer_bytes(layer) * len(ids) // max(1, r) for layer, r in zip(cache.layers, rows))
         step = {"position": len(ids)}
 
         def forward(token: int) -> np.ndarray:
@@ -103,6 +154,9 @@ def generate_with_press(model: Any, tokenizer: Any, prompt: Any, baseline: Any, 
     finally:
         if was_training:
             model.train()
+        if masking:  # kvpress's patch would go on hiding these keys in this model's next decode
+            for attn in _attention_modules(model):
+                attn.masked_key_indices = None
     from refreekv_edu.decision import Trace
 
     stats = {
@@ -114,6 +168,7 @@ def generate_with_press(model: Any, tokenizer: Any, prompt: Any, baseline: Any, 
         "mean_budget": float(np.mean(rows) / len(ids)) if rows else 1.0,
         "press": type(press).__name__,
         "compression_ratio": float(baseline.compression_ratio),
+        "masked": masking,
     }
     text = tokenizer.decode(tokens, skip_special_tokens=True) if tokenizer is not None else ""
     return GenerationResult(text=text, tokens=tokens, trace=Trace(layers=[]), stats=stats, first_logits=first_logits)

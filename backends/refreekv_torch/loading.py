@@ -33,9 +33,9 @@ from . import hf_adapter
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-#: Revision of :func:`gguf_tokenizer`'s normalisation; part of the cache folder name, so a folder converted
-#: before it (a transformers 5.0-5.2 tokenizer that adds a BOS and calls ``<|im_start|>`` the EOS) is rebuilt.
-TOKENIZER_REVISION = 2
+#: Revision of :func:`gguf_tokenizer`'s normalisation (kept in the core's conversion cache module, where the
+#: folder naming lives): a folder converted before it is rebuilt.
+TOKENIZER_REVISION = convert_cache.TOKENIZER_REVISION
 
 
 def gguf_special_tokens(gguf: Path) -> dict[str, Any]:

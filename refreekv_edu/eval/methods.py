@@ -24,9 +24,11 @@
 
 - ``kvpress:<press>@matched``: a kvpress press (the ``kvpress`` extra, transformers models only) whose
   compression ratio is ``1 - `` the paper preset's mean budget on the same sample, so it keeps the same share of
-  the whole cache: ``streamingllm``, ``snapkv``, ``tova``, ``knorm``, ``expected_attention``
+  the whole cache: ``streamingllm``, ``snapkv``, ``tova``, ``knorm``, ``expected_attention``, ``adakv``
   (:data:`KVPRESS_PRESSES`). kvpress compresses every layer by the same ratio (layers 0 and 1 too, no sinks
   unless the press keeps them) and runs at the end of prefill over the whole prompt, like ReFreeKV here.
+  ``adakv`` (AdaKV over SnapKV's scores) spreads each layer's budget over its heads adaptively, the way ReFreeKV
+  spreads the model's budget over layers; it masks keys instead of removing rows, so it frees no memory.
 
 Every fixed budget keeps what the paper's method protects: the first 4 positions (sinks) and layers 0 and 1
 whole. ``recency`` protects no window (``w = 0``, like the paper); ``h2o`` and ``snapkv`` score candidates by the
@@ -52,7 +54,7 @@ _FIXED = re.compile(rf"^([a-z0-9_-]+)@(matched-set|matched|oracle|{_NUMBER})$")
 _PRESET = re.compile(rf"^([a-z0-9_-]+)(?:@({_NUMBER}))?$")
 _KVPRESS = re.compile(r"^kvpress:([a-z_]+)@matched$")
 #: The kvpress presses ``kvpress:<press>@matched`` can name (class names in kvpress: StreamingLLMPress, ...).
-KVPRESS_PRESSES = ("streamingllm", "snapkv", "tova", "knorm", "expected_attention")
+KVPRESS_PRESSES = ("streamingllm", "snapkv", "tova", "knorm", "expected_attention", "adakv")
 #: Fields of the fixed baselines that copy the paper preset's protections.
 FIXED_SINKS = PRESETS["paper"]["sinks"]
 FIXED_FULL_LAYERS = tuple(PRESETS["paper"]["full_layers"])

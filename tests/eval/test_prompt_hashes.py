@@ -6,7 +6,9 @@ Python"). A failure means the prompts changed: every number on the results page 
 either undo the change or regenerate the results and update these hashes in the same commit.
 
 Two counters: the pure-Python word counter every test can use, and the bundled model's tokenizer, the one the
-results page's prompts are built with (that part needs transformers and the bundled GGUF, and skips without them).
+results page's prompts are built with. The tokenizer is checked twice: loaded by ``load_model`` (needs transformers,
+torch and the bundled GGUF) and as the ``tokenizer.json`` that load saved into the conversion cache, read with the
+``tokenizers`` library alone, so a second Python without torch checks the token counts too (CI's second venv).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import importlib
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +91,32 @@ def test_prompts_pinned_bundled_tokenizer():
         pytest.skip("the bundled model is not fetched; run `refreekv-edu fetch-model` (tests never download)")
     _, tok = models.load_model("smollm2-135m", backend="torch")
     assert digests(token_counter(tok)) == PINNED_TOKENIZER
+
+
+def _converted_tokenizer_files() -> list[Path]:
+    """The bundled model's tokenizers that the torch loader converted at the current tokenizer revision."""
+    from refreekv_edu import convert_cache, models
+
+    art = models.ARTIFACTS["smollm2-135m"]
+    pattern = f"*/torch-v{convert_cache.CACHE_FORMAT}-tok{convert_cache.TOKENIZER_REVISION}-*/tokenizer.json"
+    found = []
+    for path in sorted((models.cache_dir() / "converted").glob(pattern)):
+        try:
+            manifest = json.loads((path.parent / convert_cache.MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # an unfinished conversion: the loader rebuilds it
+        if manifest.get("gguf_sha256") == art.file_sha256:
+            found.append(path)
+    return found
+
+
+def test_prompts_pinned_converted_tokenizer_json():
+    tokenizers = pytest.importorskip("tokenizers")
+    from refreekv_edu.eval.config import token_counter
+
+    files = _converted_tokenizer_files()
+    if not files:
+        pytest.skip("no converted tokenizer in the cache; load the bundled model once (`refreekv-edu demo`)")
+    for path in files:  # one per transformers version that converted the GGUF: all must count alike
+        tok = tokenizers.Tokenizer.from_file(str(path))
+        assert digests(token_counter(tok)) == PINNED_TOKENIZER, f"{path} on Python {sys.version.split()[0]}"

@@ -282,12 +282,16 @@ def test_runner_speed_step_writes_speed_json(tmp_path):
 def test_rss_sampler_sees_an_allocation():
     if speed._rss_bytes() is None:
         pytest.skip("no /proc")
-    with speed.RssSampler(interval=0.001) as mem:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB touched
-        import time
+    import mmap
+    import time
 
+    # A fresh anonymous mapping, every page written: new resident memory whatever the allocator kept from
+    # earlier tests (np.ones could reuse freed heap pages that are already resident, and RSS would not move).
+    block = mmap.mmap(-1, 64 * 2**20)
+    with speed.RssSampler(interval=0.001) as mem:
+        np.frombuffer(block, dtype=np.uint8)[:] = 1
         time.sleep(0.05)
-    del block
+    block.close()
     assert mem.delta_mb >= 48
 
 
