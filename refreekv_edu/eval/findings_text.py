@@ -68,7 +68,10 @@ def findings(rows: Sequence[SummaryRow], records: Sequence[dict[str, Any]] | Non
                 continue
             kind = "one budget for the whole set" if base.endswith("@matched-set") else "the same budget per sample"
             title = "Fixed budget at the same mean"
-            if base.startswith("kvpress:"):  # a kvpress press: the same share of rows in every layer, layers 0-1 too
+            if base.startswith("kvpress:adakv"):  # head-wise adaptive: masks keys, frees no memory
+                title, kind = "kvpress press at the same mean", ("compression ratio 1 - the paper's budget in every layer, "
+                                                                 "spread over heads adaptively; keys masked, no memory freed")
+            elif base.startswith("kvpress:"):  # a kvpress press: the same share of rows in every layer, layers 0-1 too
                 title, kind = "kvpress press at the same mean", "compression ratio 1 - the paper's budget, every layer alike"
             line = (f"**{title}, {base}** ({kind}; mean budget {_fmt(100 * c.base_budget, '.1f')}% vs the "
                     f"paper's {_fmt(100 * c.paper_budget, '.1f')}%): keeps the full score on {_pct(c.base_keeps)} of {c.n} samples "

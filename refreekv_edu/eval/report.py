@@ -216,8 +216,11 @@ def write_results_md(records: Sequence[dict[str, Any]], run_info: dict[str, Any]
                   "`<ranking>@matched-set` uses **one** budget for every sample: the paper preset's mean budget over the "
                   "whole run. `kvpress:<press>@matched` runs that kvpress press at compression ratio 1 - the paper preset's mean "
                   "budget on the sample: the same share of rows in **every** layer (layers 0-1 included), chosen by the "
-                  "press's own scores. *keeps full*: task score at least the full cache's; *only paper / only fixed*: samples where "
-                  "just one of the two kept it.", "", mt, ""]
+                  "press's own scores. `kvpress:adakv@matched` (AdaKV over SnapKV's scores) keeps that share of each layer "
+                  "but spreads it over the layer's heads adaptively, as ReFreeKV spreads the model's budget over layers; "
+                  "it masks the keys it drops instead of removing them, so it frees no memory. *keeps full*: task score "
+                  "at least the full cache's; *only paper / only fixed*: samples where just one of the two kept it.",
+                  "", mt, ""]
     ll = layer_losses(records)
     if ll is not None and ll.lost:
         lines += ["## Where the rule cut on the samples it lost", "",
