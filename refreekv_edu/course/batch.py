@@ -88,7 +88,36 @@ def assignment_of(notebook: Path, manifest: dict[str, Any]) -> str:
         return matches[0]
     if len(names) == 1:
         return names[0]
-    raise ValueError(f"cannot tell which assignment {notebook} is (assignments: {', '.join(names)})")
+    raise ValueError(f"cannot tell which assignment {notebook} is (assignments: {', '.join(names)}); "
+                     "pass --assignment NAME when the folder holds one assignment")
+
+
+def assign_submissions(
+    found: list[tuple[str, Path]], manifest: dict[str, Any], assignment: str | None = None,
+) -> list[tuple[str, Path, str | None, str]]:
+    """``(student, notebook, assignment or None, why)`` for each submission.
+
+    ``assignment`` (``--assignment``) names it for all; otherwise each notebook's metadata or file name does, and a
+    notebook that says nothing (an unreadable file, a renamed copy) takes the one assignment every other
+    submission of the folder belongs to. ``None`` with the reason when even that cannot tell: that submission
+    scores 0, the others are graded.
+    """
+    if assignment is not None:
+        if assignment not in manifest["assignments"]:
+            raise ValueError(f"unknown assignment {assignment!r}; this autograder has: "
+                             f"{', '.join(manifest['assignments'])}")
+        return [(student, nb, assignment, "") for student, nb in found]
+    named: list[tuple[str, Path, str | None, str]] = []
+    for student, nb in found:
+        try:
+            named.append((student, nb, assignment_of(nb, manifest), ""))
+        except ValueError as exc:
+            named.append((student, nb, None, str(exc)))
+    known = {a for _, _, a, _ in named if a is not None}
+    if len(known) == 1:
+        only = known.pop()
+        named = [(s, nb, a or only, "") for s, nb, a, _ in named]
+    return named
 
 
 def _run_worker(args: list[str], timeout_s: float) -> tuple[dict[str, Any] | None, str]:
@@ -160,46 +189,102 @@ def trusted_grade(
     return outcome
 
 
+def unreadable_reason(notebook: Path) -> str:
+    """Why ``notebook`` is not a notebook the graders can run (``""`` when it is one)."""
+    try:
+        nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"the submission is not a readable notebook ({type(exc).__name__}: {str(exc)[:120]})"
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        return "the submission is not a notebook (no list of cells): hand in the .ipynb file itself"
+    return ""
+
+
+def grade_submission(
+    student: str, notebook: Path, assignment: str, manifest: dict[str, Any], autograder: Path,
+    time_limit_s: float, submission_timeout_s: float, use_otter: bool,
+) -> list[dict[str, Any]]:
+    """The CSV rows of one submission: one per question of its assignment.
+
+    A notebook the graders cannot read scores 0 on every question, with the reason as feedback; otter runs only
+    on readable ones.
+    """
+    info = manifest["assignments"][assignment]
+    questions = info["questions"]
+    reason = unreadable_reason(notebook)
+    if reason:
+        otter = Outcome(error=reason)
+        trusted = Outcome(points=dict.fromkeys(questions, 0.0), feedback=dict.fromkeys(questions, reason))
+    else:
+        otter = (otter_grade(notebook, Path(autograder) / info["zip"], submission_timeout_s) if use_otter
+                 else Outcome(error="not run (--no-otter)"))
+        trusted = trusted_grade(notebook, questions, manifest["hidden_seed"], list(manifest["group_points"]),
+                                manifest["group_points"], time_limit_s)
+    if otter.error and use_otter:
+        print(f"{student}: otter run {otter.error}", file=sys.stderr)
+    total = sum(trusted.points.values())
+    rows = []
+    for q in questions:
+        otter_points = otter.points.get(q)
+        rows.append({
+            "student": student, "assignment": assignment, "question": q, "points": _num(trusted.points[q]),
+            "possible": info["points"][q], "total": _num(total), "feedback": trusted.feedback[q],
+            "otter_points": "" if otter_points is None else _num(otter_points),
+            "tampered": int(otter_points is not None and otter_points > trusted.points[q] + 1e-9),
+        })
+    return rows
+
+
+def problem_row(student: str, assignment: str, why: str) -> dict[str, Any]:
+    """The one row of a submission that could not be graded at all (which assignment it is, say): 0 points."""
+    print(f"{student}: not graded: {why}", file=sys.stderr)
+    return {"student": student, "assignment": assignment, "question": "", "points": 0, "possible": 0, "total": 0,
+            "feedback": f"not graded: {why}", "otter_points": "", "tampered": 0}
+
+
 def grade_folder(
     submissions: Path, autograder: Path, csv_path: Path, time_limit_s: float = 5.0,
     submission_timeout_s: float = 300.0, use_otter: bool = True, progress: bool = True,
+    assignment: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Grade every submission of ``submissions`` and write ``csv_path``; return the rows written."""
+    """Grade every submission of ``submissions`` and write ``csv_path``; return the rows written.
+
+    One submission's trouble (an unreadable file, an unknown assignment, an error in the graders) costs only that
+    submission's points: it gets rows that say why, and the others are graded. The CSV is rewritten after every
+    submission, so an interrupted batch keeps what it graded.
+    """
     manifest = load_manifest(autograder)
     if use_otter:
         require_otter()
-    found = discover(submissions)
+    named = assign_submissions(discover(submissions), manifest, assignment)
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    groups = list(manifest["group_points"])
     rows: list[dict[str, Any]] = []
-    bar = progress_bar(len(found), "grading", progress, unit="submission")
-    for student, notebook in found:
-        assignment = assignment_of(notebook, manifest)
-        info = manifest["assignments"][assignment]
-        questions = info["questions"]
-        otter = (otter_grade(notebook, Path(autograder) / info["zip"], submission_timeout_s) if use_otter
-                 else Outcome(error="not run (--no-otter)"))
-        trusted = trusted_grade(notebook, questions, manifest["hidden_seed"], groups, manifest["group_points"],
-                                time_limit_s)
-        total = sum(trusted.points.values())
-        for q in questions:
-            otter_points = otter.points.get(q)
-            rows.append({
-                "student": student, "assignment": assignment, "question": q, "points": _num(trusted.points[q]),
-                "possible": info["points"][q], "total": _num(total), "feedback": trusted.feedback[q],
-                "otter_points": "" if otter_points is None else _num(otter_points),
-                "tampered": int(otter_points is not None and otter_points > trusted.points[q] + 1e-9),
-            })
-        bar.set_postfix_str(f"{student}: {_num(total)}")
+    bar = progress_bar(len(named), "grading", progress, unit="submission")
+    for student, notebook, name, why in named:
+        if name is None:
+            got = [problem_row(student, "", why)]
+        else:
+            try:
+                got = grade_submission(student, notebook, name, manifest, autograder, time_limit_s,
+                                       submission_timeout_s, use_otter)
+            except Exception as exc:  # a grader bug must not cost the rest of the class their grades
+                got = [problem_row(student, name, f"the graders failed ({type(exc).__name__}: {exc})")]
+        rows += got
+        _write_csv(csv_path, rows)
+        bar.set_postfix_str(f"{student}: {got[0]['total']}")
         bar.update(1)
-        if otter.error and use_otter:
-            print(f"{student}: otter run {otter.error}", file=sys.stderr)
-    with csv_path.open("w", newline="", encoding="utf-8") as f:
+    bar.close()
+    return rows
+
+
+def _write_csv(csv_path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    return rows
+    os.replace(tmp, csv_path)
 
 
 def _num(x: float) -> float | int:

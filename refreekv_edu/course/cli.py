@@ -30,14 +30,16 @@ def cmd_grade(args: argparse.Namespace) -> int:
         raise ValueError("--time-limit and --submission-timeout must be positive seconds")
     rows = grade_folder(Path(args.submissions), Path(args.autograder), Path(args.csv), time_limit_s=args.time_limit,
                         submission_timeout_s=args.submission_timeout, use_otter=not args.no_otter,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, assignment=args.assignment)
     totals: dict[str, tuple[float, int]] = {}
     for row in rows:
         got, possible = totals.get(row["student"], (0.0, 0))
         totals[row["student"]] = (got + float(row["points"]), possible + int(row["possible"]))
     for student, (got, possible) in totals.items():
-        flag = "  (otter's score was higher: tampered grader?)" if any(
-            r["tampered"] for r in rows if r["student"] == student) else ""
+        mine = [r for r in rows if r["student"] == student]
+        flag = "  (otter's score was higher: tampered grader?)" if any(r["tampered"] for r in mine) else ""
+        if any(not r["question"] for r in mine):
+            flag = f"  ({mine[0]['feedback']})"
         print(f"{student:<24} {got:g} / {possible}{flag}")
     print(f"wrote {args.csv} ({len(rows)} rows)")
     return 0
@@ -70,6 +72,9 @@ def add_course_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-limit", type=float, default=5.0, help="seconds one call of a function may run (default 5)")
     p.add_argument("--submission-timeout", type=float, default=300.0,
                    help="wall-clock seconds `otter run` may take per submission (default 300)")
+    p.add_argument("--assignment", default=None, metavar="exNN_name",
+                   help="the assignment every submission belongs to (default: read from each notebook's otter "
+                        "metadata or file name)")
     p.add_argument("--no-otter", action="store_true", help="skip `otter run` (trusted points only, no otter score)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_grade)

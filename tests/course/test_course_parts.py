@@ -125,6 +125,27 @@ def test_discover_and_assignment_of(tmp_path: Path) -> None:
         batch.load_manifest(tmp_path)
 
 
+def test_assign_submissions_infers_the_one_assignment_or_says_why(tmp_path: Path) -> None:
+    manifest = {"assignments": {"ex01_window_scores_and_ranking": {}, "ex02_halting_rule": {}}}
+    ex02 = {"metadata": {"otter": {"assignment_name": "ex02_halting_rule"}}, "cells": []}
+    (tmp_path / "alice.ipynb").write_text(json.dumps(ex02))
+    (tmp_path / "carol.ipynb").write_text("{not json")
+    named = batch.assign_submissions(batch.discover(tmp_path), manifest)
+    assert [(s, a) for s, _, a, _ in named] == [("alice", "ex02_halting_rule"), ("carol", "ex02_halting_rule")]
+    (tmp_path / "ex01_bob.ipynb").write_text(json.dumps({"metadata": {}, "cells": []}))
+    named = {s: (a, why) for s, _, a, why in batch.assign_submissions(batch.discover(tmp_path), manifest)}
+    assert named["ex01_bob"] == ("ex01_window_scores_and_ranking", "")
+    assert named["carol"][0] is None and "--assignment" in named["carol"][1]  # two assignments: no guess
+    forced = batch.assign_submissions(batch.discover(tmp_path), manifest, "ex02_halting_rule")
+    assert {a for _, _, a, _ in forced} == {"ex02_halting_rule"}
+    with pytest.raises(ValueError, match="unknown assignment 'ex09'"):
+        batch.assign_submissions(batch.discover(tmp_path), manifest, "ex09")
+    assert "not a readable notebook" in batch.unreadable_reason(tmp_path / "carol.ipynb")
+    (tmp_path / "list.ipynb").write_text("[1, 2]")
+    assert "no list of cells" in batch.unreadable_reason(tmp_path / "list.ipynb")
+    assert batch.unreadable_reason(tmp_path / "alice.ipynb") == ""
+
+
 def _empty(tmp_path: Path) -> Path:
     (tmp_path / "empty").mkdir()
     return tmp_path / "empty"

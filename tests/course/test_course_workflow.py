@@ -154,9 +154,9 @@ def test_student_notebooks_hold_no_solution_code(assigned: Path) -> None:
     assert str(HIDDEN_SEED) in autograder_nb and "np.flip(np.cumsum(np.flip(squares" in autograder_nb
 
 
-def _submission(assigned: Path, answers: dict[str, str], extra: str | None = None) -> dict:
-    """The student notebook of ex02 with some answer cells replaced (and an extra cell after the setup)."""
-    nb = _nb(assigned / "student" / f"{EX02}.ipynb")
+def _submission(assigned: Path, answers: dict[str, str], extra: str | None = None, stem: str = EX02) -> dict:
+    """The student notebook of ``stem`` with some answer cells replaced (and an extra cell after the setup)."""
+    nb = _nb(assigned / "student" / f"{stem}.ipynb")
     cells = []
     for cell in nb["cells"]:
         name = _defined(cell)
@@ -168,9 +168,11 @@ def _submission(assigned: Path, answers: dict[str, str], extra: str | None = Non
     return {**nb, "cells": cells}
 
 
-def _solutions_code(assigned: Path) -> dict[str, str]:
-    nb = _nb(assigned / "autograder" / EX02 / f"{EX02}.ipynb")
-    return {_defined(c): _src(c) for c in nb["cells"] if _defined(c) in QUESTIONS}
+def _solutions_code(assigned: Path, stem: str = EX02) -> dict[str, str]:
+    """The instructor's answer cells of ``stem`` (from the autograder's solutions notebook)."""
+    nb = _nb(assigned / "autograder" / stem / f"{stem}.ipynb")
+    questions = json.loads((assigned / "autograder" / "course.json").read_text())["assignments"][stem]["questions"]
+    return {_defined(c): _src(c) for c in nb["cells"] if _defined(c) in questions}
 
 
 def _in_process_points(code: dict[str, str]) -> dict[str, int]:
@@ -252,3 +254,47 @@ def test_batch_grading_six_submissions(assigned: Path, tmp_path: Path) -> None:
     assert all(otter[("monkeypatch", q)] == str(PER_QUESTION) for q in QUESTIONS)  # otter was fooled; the CSV was not
     assert all(otter[("loop", q)] == "" for q in QUESTIONS)  # otter run hung on the loop and was stopped
     print(f"otter points of the monkeypatched submission: {[otter[('monkeypatch', q)] for q in QUESTIONS]}")
+
+
+def _grade(assigned: Path, folder: Path, csv_path: Path, *extra: str) -> list[dict]:
+    proc = _cli("grade", str(folder), "--autograder", str(assigned / "autograder"), "--csv", str(csv_path),
+                "--time-limit", str(TIME_LIMIT_S), "--submission-timeout", str(SUBMISSION_TIMEOUT_S), "--no-progress",
+                *extra)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with csv_path.open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_assignment_solved_scores_full_marks_and_a_broken_file_costs_only_its_own(assigned: Path,
+                                                                                         tmp_path: Path) -> None:
+    """ex01 and ex03 solved score full marks, otter agreeing (every hidden case crosses the re-grade's pipe);
+    a file that is not a notebook, in a folder of two assignments, gets one row saying why and 0 points."""
+    manifest = json.loads((assigned / "autograder" / "course.json").read_text())
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    solved = {}
+    for stem in sorted(manifest["assignments"]):
+        if stem != EX02:
+            solved[stem] = stem.split("_")[0]
+            nb = _submission(assigned, _solutions_code(assigned, stem), stem=stem)
+            (folder / f"{solved[stem]}_student.ipynb").write_text(json.dumps(nb), encoding="utf-8")
+    (folder / "carol.ipynb").write_text("{not json", encoding="utf-8")
+    rows = _grade(assigned, folder, tmp_path / "mixed.csv")
+    for stem, prefix in solved.items():
+        mine = [r for r in rows if r["student"] == f"{prefix}_student"]
+        assert [r["question"] for r in mine] == manifest["assignments"][stem]["questions"]
+        assert all(r["points"] == r["possible"] == str(PER_QUESTION) for r in mine), [r["feedback"][:300] for r in mine]
+        assert all(r["otter_points"] == str(PER_QUESTION) and r["tampered"] == "0" for r in mine)
+    carol = [r for r in rows if r["student"] == "carol"]
+    assert len(carol) == 1 and carol[0]["points"] == "0" and "cannot tell which assignment" in carol[0]["feedback"]
+
+    # One assignment in the folder: the unreadable file is that assignment's, 0 on every question, and says why.
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "dora.ipynb").write_text(json.dumps(_submission(assigned, _solutions_code(assigned))), encoding="utf-8")
+    (single / "carol.ipynb").write_bytes(b"\xff\xfe not a notebook")
+    rows = _grade(assigned, single, tmp_path / "single.csv", "--no-otter")
+    carol = [r for r in rows if r["student"] == "carol"]
+    assert [r["question"] for r in carol] == QUESTIONS and {r["points"] for r in carol} == {"0"}
+    assert all("not a readable notebook" in r["feedback"] for r in carol)
+    assert {r["points"] for r in rows if r["student"] == "dora"} == {str(PER_QUESTION)}

@@ -98,6 +98,22 @@ def test_hostile_str_and_repr_in_the_child(submission) -> None:
     assert not result and result.n_passed == 0 and "Hostile" in result.message
 
 
+@pytest.mark.parametrize("name", list(ex.EXERCISES))
+def test_every_exercise_solution_passes_in_the_child(name: str) -> None:
+    """Every case's inputs cross the pipe intact (ex01's scale once arrived as "np.float64(...)" and killed the
+    child): the instructor solution, as the student's own function, passes everything at two seeds."""
+    for seed in (0, 20261207):
+        result = grade_isolated(name, _copy_of(name), seed=seed)
+        assert result.passed, result.message
+
+
+def test_numpy_scalars_cross_the_wire_as_numbers() -> None:
+    value = (np.float64(0.7071067811865476), np.float32(0.5), np.int64(-3), np.complex128(1 - 2j), np.bool_(True))
+    decoded = wire.decode(*_parts(wire.encode(value)))
+    assert decoded == (0.7071067811865476, 0.5, -3, 1 - 2j, True)
+    assert [type(v) for v in decoded] == [float, float, int, complex, bool]
+
+
 def test_a_correct_copy_passes_in_the_child_and_the_package_is_refused() -> None:
     assert grade_isolated("halting_curve", _copy_of("halting_curve")).passed
     refused = grade_isolated("halting_curve", sol.halting_curve)
