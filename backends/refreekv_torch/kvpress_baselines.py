@@ -90,7 +90,7 @@ def _require_masking_attention(model: Any) -> None:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     impl = hf_adapter.text_config(model)._attn_implementation
-    fn = ALL_ATTENTION_FUNCTIONS.get(impl) if impl in ALL_ATTENTION_FUNCTIONS else None
+    fn = ALL_ATTENTION_FUNCTIONS[impl] if impl in ALL_ATTENTION_FUNCTIONS else None
     if fn is None or "attention_patch" not in getattr(fn, "__qualname__", ""):
         raise RuntimeError(
             f"the model's attention implementation {impl!r} is not wrapped by kvpress's attention patch, so a masking "
