@@ -258,7 +258,11 @@ def grade_folder(
         require_otter()
     named = assign_submissions(discover(submissions), manifest, assignment)
     csv_path = Path(csv_path)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # before any grading: the header alone, so an unwritable --csv fails now, not after the first student
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_csv(csv_path, [])
+    except OSError as exc:
+        raise ValueError(f"cannot write the CSV {csv_path} ({exc.strerror or exc}); choose another --csv") from None
     rows: list[dict[str, Any]] = []
     bar = progress_bar(len(named), "grading", progress, unit="submission")
     for student, notebook, name, why in named:

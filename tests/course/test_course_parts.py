@@ -146,6 +146,18 @@ def test_assign_submissions_infers_the_one_assignment_or_says_why(tmp_path: Path
     assert batch.unreadable_reason(tmp_path / "alice.ipynb") == ""
 
 
+def test_an_unwritable_csv_fails_before_any_grading(tmp_path: Path) -> None:
+    (tmp_path / "ag").mkdir()
+    (tmp_path / "ag" / "course.json").write_text(json.dumps({"assignments": {"ex02_halting_rule": {}},
+                                                             "group_points": {}, "hidden_seed": 1}))
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "alice.ipynb").write_text(json.dumps({"metadata": {}, "cells": []}))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="cannot write the CSV .*; choose another --csv"):
+        batch.grade_folder(tmp_path / "subs", tmp_path / "ag", tmp_path / "file" / "grades.csv", use_otter=False,
+                           progress=False)
+
+
 def _empty(tmp_path: Path) -> Path:
     (tmp_path / "empty").mkdir()
     return tmp_path / "empty"
