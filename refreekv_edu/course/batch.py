@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,14 +246,17 @@ def problem_row(student: str, assignment: str, why: str) -> dict[str, Any]:
 def grade_folder(
     submissions: Path, autograder: Path, csv_path: Path, time_limit_s: float = 5.0,
     submission_timeout_s: float = 300.0, use_otter: bool = True, progress: bool = True,
-    assignment: str | None = None,
+    assignment: str | None = None, jobs: int = 1,
 ) -> list[dict[str, Any]]:
     """Grade every submission of ``submissions`` and write ``csv_path``; return the rows written.
 
     One submission's trouble (an unreadable file, an unknown assignment, an error in the graders) costs only that
     submission's points: it gets rows that say why, and the others are graded. The CSV is rewritten after every
-    submission, so an interrupted batch keeps what it graded.
+    submission, so an interrupted batch keeps what it graded. ``jobs`` submissions are graded at once (each one's
+    work runs in its own child processes, so threads here only wait on them); the rows keep the folder's order.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive whole number of submissions graded at once, got {jobs!r}")
     manifest = load_manifest(autograder)
     if use_otter:
         require_otter()
@@ -263,23 +267,28 @@ def grade_folder(
         _write_csv(csv_path, [])
     except OSError as exc:
         raise ValueError(f"cannot write the CSV {csv_path} ({exc.strerror or exc}); choose another --csv") from None
-    rows: list[dict[str, Any]] = []
-    bar = progress_bar(len(named), "grading", progress, unit="submission")
-    for student, notebook, name, why in named:
+
+    def one(student: str, notebook: Path, name: str | None, why: str) -> list[dict[str, Any]]:
         if name is None:
-            got = [problem_row(student, "", why)]
-        else:
-            try:
-                got = grade_submission(student, notebook, name, manifest, autograder, time_limit_s,
-                                       submission_timeout_s, use_otter)
-            except Exception as exc:  # a grader bug must not cost the rest of the class their grades
-                got = [problem_row(student, name, f"the graders failed ({type(exc).__name__}: {exc})")]
-        rows += got
-        _write_csv(csv_path, rows)
-        bar.set_postfix_str(f"{student}: {got[0]['total']}")
-        bar.update(1)
+            return [problem_row(student, "", why)]
+        try:
+            return grade_submission(student, notebook, name, manifest, autograder, time_limit_s,
+                                    submission_timeout_s, use_otter)
+        except Exception as exc:  # a grader bug must not cost the rest of the class their grades
+            return [problem_row(student, name, f"the graders failed ({type(exc).__name__}: {exc})")]
+
+    graded: list[list[dict[str, Any]] | None] = [None] * len(named)
+    bar = progress_bar(len(named), "grading", progress, unit="submission")
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(one, *entry): i for i, entry in enumerate(named)}
+        for future in as_completed(futures):
+            i = futures[future]
+            graded[i] = future.result()
+            _write_csv(csv_path, [row for got in graded if got for row in got])
+            bar.set_postfix_str(f"{named[i][0]}: {graded[i][0]['total']}")
+            bar.update(1)
     bar.close()
-    return rows
+    return [row for got in graded if got for row in got]
 
 
 def _write_csv(csv_path: Path, rows: list[dict[str, Any]]) -> None:

@@ -30,7 +30,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         raise ValueError("--time-limit and --submission-timeout must be positive seconds")
     rows = grade_folder(Path(args.submissions), Path(args.autograder), Path(args.csv), time_limit_s=args.time_limit,
                         submission_timeout_s=args.submission_timeout, use_otter=not args.no_otter,
-                        progress=not args.no_progress, assignment=args.assignment)
+                        progress=not args.no_progress, assignment=args.assignment, jobs=args.jobs)
     totals: dict[str, tuple[float, int]] = {}
     for row in rows:
         got, possible = totals.get(row["student"], (0.0, 0))
@@ -75,6 +75,8 @@ def add_course_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--assignment", default=None, metavar="exNN_name",
                    help="the assignment every submission belongs to (default: read from each notebook's otter "
                         "metadata or file name)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="submissions graded at once (default 1; up to the number of CPU cores helps)")
     p.add_argument("--no-otter", action="store_true", help="skip `otter run` (trusted points only, no otter score)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_grade)

@@ -156,6 +156,9 @@ def test_an_unwritable_csv_fails_before_any_grading(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot write the CSV .*; choose another --csv"):
         batch.grade_folder(tmp_path / "subs", tmp_path / "ag", tmp_path / "file" / "grades.csv", use_otter=False,
                            progress=False)
+    for jobs in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="jobs must be a positive whole number"):
+            batch.grade_folder(tmp_path / "subs", tmp_path / "ag", tmp_path / "g.csv", use_otter=False, jobs=jobs)
 
 
 def _empty(tmp_path: Path) -> Path:

@@ -279,7 +279,8 @@ def test_every_assignment_solved_scores_full_marks_and_a_broken_file_costs_only_
             nb = _submission(assigned, _solutions_code(assigned, stem), stem=stem)
             (folder / f"{solved[stem]}_student.ipynb").write_text(json.dumps(nb), encoding="utf-8")
     (folder / "carol.ipynb").write_text("{not json", encoding="utf-8")
-    rows = _grade(assigned, folder, tmp_path / "mixed.csv")
+    rows = _grade(assigned, folder, tmp_path / "mixed.csv", "--jobs", "2")  # two at once, rows in folder order
+    assert [r["student"] for r in rows] == sorted(r["student"] for r in rows)
     for stem, prefix in solved.items():
         mine = [r for r in rows if r["student"] == f"{prefix}_student"]
         assert [r["question"] for r in mine] == manifest["assignments"][stem]["questions"]
