@@ -29,12 +29,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine  # noqa: E402
+from common import load_for_kvpress  # noqa: E402
 
-import refreekv_edu as rk  # noqa: E402
 from refreekv_edu.encoding import encode_prompt  # noqa: E402
 from refreekv_edu.eval.config import EvalConfig, build_samples  # noqa: E402
-from refreekv_edu.eval.runner import set_threads, token_counter  # noqa: E402
+from refreekv_edu.eval.runner import token_counter  # noqa: E402
 
 PRESSES = ("streamingllm", "snapkv", "tova", "knorm", "expected_attention")
 
@@ -76,23 +75,13 @@ def main(argv: list[str] | None = None) -> int:
                         ("--repeats", args.repeats)):
         if value < 1:
             ap.error(f"{name} must be at least 1, got {value}")
-    try:
-        from refreekv_torch.kvpress_baselines import make_press
-        from refreekv_torch.kvpress_press import ReFreeKVPress
-    except ImportError as exc:
-        print(f'error: this benchmark needs kvpress ({exc}); pip install -e ".[torch,kvpress]"', file=sys.stderr)
+    loaded = load_for_kvpress(args.threads)
+    if loaded is None:
         return 2
-    if args.threads:
-        set_threads(args.threads, "torch")
-    from importlib.metadata import version
+    model, tok = loaded
+    from refreekv_torch.kvpress_baselines import make_press
+    from refreekv_torch.kvpress_press import ReFreeKVPress
 
-    import torch
-
-    model, tok = rk.load_model("smollm2-135m", backend="torch")
-    model.eval()
-    print(f"machine: {machine()}")
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {version('transformers')}, "
-          f"kvpress {version('kvpress')}")
     config = EvalConfig(tasks=("passkey",), lengths=(args.length,), samples=args.prompts)
     samples = build_samples(config, token_counter(tok))
     print(f"model: smollm2-135m; {len(samples)} pass-key prompts at ~{args.length} tokens; prefill through model.model "

@@ -29,11 +29,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine  # noqa: E402
+from common import load_for_kvpress  # noqa: E402
 
 import refreekv_edu as rk  # noqa: E402
 from refreekv_edu.eval.config import EvalConfig, build_samples  # noqa: E402
-from refreekv_edu.eval.runner import sample_score, set_threads, token_counter  # noqa: E402
+from refreekv_edu.eval.runner import sample_score, token_counter  # noqa: E402
 
 METHODS = ("full", "pipeline full", "pipeline ReFreeKV", "whole prompt ReFreeKV")
 
@@ -82,24 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.samples < 1 or any(n < 64 for n in args.lengths):
         ap.error("--samples must be at least 1 and every length at least 64 tokens")
-    try:
-        import kvpress  # noqa: F401  (registers the kv-press-text-generation pipeline)
-        from transformers import pipeline
-    except ImportError as exc:
-        print(f'error: this measurement needs kvpress ({exc}); pip install -e ".[torch,kvpress]"', file=sys.stderr)
+    loaded = load_for_kvpress(args.threads)
+    if loaded is None:
         return 2
-    if args.threads:
-        set_threads(args.threads, "torch")
-    from importlib.metadata import version
+    model, tok = loaded
+    from transformers import pipeline
 
-    model, tok = rk.load_model("smollm2-135m", backend="torch")
-    model.eval()
     pipe = pipeline("kv-press-text-generation", model=model, tokenizer=tok)
     samples = build_samples(EvalConfig(tasks=tuple(args.tasks), lengths=tuple(args.lengths), samples=args.samples),
                             token_counter(tok))
-    print(f"machine: {machine()}")
-    print(f"transformers {version('transformers')}, kvpress {version('kvpress')}; model smollm2-135m; "
-          f"{len(samples)} samples ({', '.join(args.tasks)} at {', '.join(map(str, args.lengths))} tokens), greedy\n")
+    print(f"{len(samples)} samples ({', '.join(args.tasks)} at {', '.join(map(str, args.lengths))} tokens), greedy\n")
     groups: dict[str, list[dict[str, dict[str, Any]]]] = {}
     start = time.perf_counter()
     for i, sample in enumerate(samples, 1):

@@ -33,6 +33,8 @@ CACHE_FORMAT = 1
 #: (``torch-v1-tok2-...``), so a folder converted before it (a transformers 5.0-5.2 tokenizer that adds a BOS and
 #: calls ``<|im_start|>`` the EOS) is rebuilt.
 TOKENIZER_REVISION = 2
+#: Start of the torch loader's folder names: ``torch-v1-tok2-transformers5.25-float32`` for instance.
+TORCH_FOLDER_PREFIX = f"torch-v{CACHE_FORMAT}-tok{TOKENIZER_REVISION}-"
 #: The file written last into a converted-model folder: its key and the size of every other file.
 MANIFEST = "refreekv-cache.json"
 #: Prefix of the temporary folders a conversion writes into: ``.tmp-<pid>-<random>``.

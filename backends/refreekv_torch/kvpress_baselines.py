@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from refreekv_edu.encoding import encode_prompt, eos_ids
+from refreekv_edu.eval.methods import KVPRESS_MASKING
 from refreekv_edu.generate import GenerationResult
 from refreekv_edu.sampling import Sampler, decode
 
@@ -41,8 +42,6 @@ PRESS_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
     "expected_attention": ("ExpectedAttentionPress", {}),
     "adakv": ("AdaKVPress", {"press": ("SnapKVPress", {"window_size": 8})}),
 }
-#: Presses that mask keys per head instead of removing rows: their memory is not freed.
-MASKING_PRESSES = frozenset({"adakv"})
 
 
 def make_press(name: str, compression_ratio: float) -> Any:
@@ -65,9 +64,7 @@ def make_press(name: str, compression_ratio: float) -> Any:
 
 def _attention_modules(model: Any) -> list[Any]:
     """The attention module of every decoder layer, in layer order (where kvpress's hooks sit)."""
-    from .hf_adapter import decoder_layers
-
-    return [layer.self_attn for layer in decoder_layers(model)]
+    return [layer.self_attn for layer in hf_adapter.decoder_layers(model)]
 
 
 def masked_rows(model: Any, n_rows: int) -> list[float]:
@@ -116,7 +113,7 @@ def generate_with_press(model: Any, tokenizer: Any, prompt: Any, baseline: Any, 
     from transformers import DynamicCache
 
     press = make_press(baseline.press, baseline.compression_ratio)
-    masking = baseline.press in MASKING_PRESSES
+    masking = baseline.press in KVPRESS_MASKING
     if masking:
         _require_masking_attention(model)
     ids = encode_prompt(tokenizer, prompt)

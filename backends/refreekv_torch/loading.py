@@ -33,10 +33,6 @@ from . import hf_adapter
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-#: Revision of :func:`gguf_tokenizer`'s normalisation (kept in the core's conversion cache module, where the
-#: folder naming lives): a folder converted before it is rebuilt.
-TOKENIZER_REVISION = convert_cache.TOKENIZER_REVISION
-
 
 def gguf_special_tokens(gguf: Path) -> dict[str, Any]:
     """The tokenizer facts a GGUF's metadata states: ``{"bos", "eos", "pad", "unk"}`` token ids (or ``None``) and
@@ -53,6 +49,7 @@ def gguf_special_tokens(gguf: Path) -> dict[str, Any]:
     return ids | {"add_bos": bool(value("add_bos_token")), "add_eos": bool(value("add_eos_token"))}
 
 
+# Changing what gguf_tokenizer does: bump convert_cache.TOKENIZER_REVISION, so cached conversions are rebuilt.
 def gguf_tokenizer(tokenizer: Any, gguf: Path) -> Any:
     """The converted tokenizer made to follow the GGUF's own metadata, the same on every transformers version.
 
@@ -135,7 +132,7 @@ def converted_dir(gguf: Path, sha256: str, dtype: torch.dtype) -> Path:
     import transformers
 
     version = convert_cache.major_minor(transformers.__version__)
-    name = f"torch-v{convert_cache.CACHE_FORMAT}-tok{TOKENIZER_REVISION}-transformers{version}-{_dtype_name(dtype)}"
+    name = f"{convert_cache.TORCH_FOLDER_PREFIX}transformers{version}-{_dtype_name(dtype)}"
     return convert_cache.converted_root(gguf, sha256) / name
 
 

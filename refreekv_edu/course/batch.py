@@ -191,13 +191,13 @@ def trusted_grade(
 
 
 def unreadable_reason(notebook: Path) -> str:
-    """Why ``notebook`` is not a notebook the graders can run (``""`` when it is one)."""
+    """Why ``notebook`` is not a notebook the graders can run (``""`` when it is one): the re-grade's own reader."""
+    from ..exercises.trusted import notebook_code
+
     try:
-        nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return f"the submission is not a readable notebook ({type(exc).__name__}: {str(exc)[:120]})"
-    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
-        return "the submission is not a notebook (no list of cells): hand in the .ipynb file itself"
+        notebook_code(Path(notebook))
+    except ValueError as exc:
+        return f"{exc}; hand in the .ipynb file itself"
     return ""
 
 

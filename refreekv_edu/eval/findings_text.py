@@ -11,6 +11,7 @@ import numpy as np
 from ..policies import PRESETS
 from .comparisons import oracle_comparisons, paired_comparisons
 from .layer_losses import layer_losses, layer_losses_finding
+from .methods import KVPRESS_MASKING
 from .plots import sweep_points
 from .summary import SummaryRow, _ci, _fmt, _n, _pct, _pct_ci, bootstrap_interval, task_label
 
@@ -68,11 +69,10 @@ def findings(rows: Sequence[SummaryRow], records: Sequence[dict[str, Any]] | Non
                 continue
             kind = "one budget for the whole set" if base.endswith("@matched-set") else "the same budget per sample"
             title = "Fixed budget at the same mean"
-            if base.startswith("kvpress:adakv"):  # head-wise adaptive: masks keys, frees no memory
-                title, kind = "kvpress press at the same mean", ("compression ratio 1 - the paper's budget in every layer, "
-                                                                 "spread over heads adaptively; keys masked, no memory freed")
-            elif base.startswith("kvpress:"):  # a kvpress press: the same share of rows in every layer, layers 0-1 too
+            if base.startswith("kvpress:"):  # a kvpress press: the same share of rows in every layer, layers 0-1 too
                 title, kind = "kvpress press at the same mean", "compression ratio 1 - the paper's budget, every layer alike"
+                if base.split(":", 1)[1].split("@")[0] in KVPRESS_MASKING:
+                    kind += ", spread over heads; keys masked, no memory freed"
             line = (f"**{title}, {base}** ({kind}; mean budget {_fmt(100 * c.base_budget, '.1f')}% vs the "
                     f"paper's {_fmt(100 * c.paper_budget, '.1f')}%): keeps the full score on {_pct(c.base_keeps)} of {c.n} samples "
                     f"vs the paper's {_pct(c.paper_keeps)}; paired difference (paper minus fixed) "

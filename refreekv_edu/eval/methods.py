@@ -55,6 +55,8 @@ _PRESET = re.compile(rf"^([a-z0-9_-]+)(?:@({_NUMBER}))?$")
 _KVPRESS = re.compile(r"^kvpress:([a-z_]+)@matched$")
 #: The kvpress presses ``kvpress:<press>@matched`` can name (class names in kvpress: StreamingLLMPress, ...).
 KVPRESS_PRESSES = ("streamingllm", "snapkv", "tova", "knorm", "expected_attention", "adakv")
+#: Those that mask keys per head instead of removing rows: they free no memory.
+KVPRESS_MASKING = ("adakv",)
 #: Fields of the fixed baselines that copy the paper preset's protections.
 FIXED_SINKS = PRESETS["paper"]["sinks"]
 FIXED_FULL_LAYERS = tuple(PRESETS["paper"]["full_layers"])

@@ -61,7 +61,9 @@ def encode(value: Any) -> bytes:
     arrays: dict[str, np.ndarray] = {}
 
     def structure(v: Any) -> Any:
-        if isinstance(v, np.generic) and v.dtype.kind in "biufc":  # a numpy scalar (a case's scale, say)
+        if isinstance(v, np.generic) and v.dtype.kind in "biufc":
+            # A numpy scalar (a case's scale) as the Python number, as plain() does for answers: numpy 2's repr of
+            # float64 is "np.float64(0.5)", which the other side cannot read back.
             v = v.item()
         if isinstance(v, np.ndarray):
             key = f"a{len(arrays)}"
@@ -75,14 +77,12 @@ def encode(value: Any) -> bytes:
             return {"dict": {str(k): structure(x) for k, x in v.items()}}
         if isinstance(v, bool) or v is None or isinstance(v, str):
             return {"value": v}
-        # float()/int() first: numpy's float64 and complex128 subclass Python's, and since numpy 2 their repr is
-        # "np.float64(0.5)", which the other side cannot read back.
         if isinstance(v, int):
-            return {"int": str(int(v))}  # any size, exactly
+            return {"int": str(v)}  # any size, exactly
         if isinstance(v, float):
-            return {"float": repr(float(v))}  # nan and inf too
+            return {"float": repr(v)}  # nan and inf too
         if isinstance(v, complex):
-            return {"complex": [repr(float(v.real)), repr(float(v.imag))]}
+            return {"complex": [repr(v.real), repr(v.imag)]}
         if isinstance(v, Described):
             return {"object": v.type_name, "text": v.text}
         raise TypeError(f"not plain data: {type(v).__name__}")

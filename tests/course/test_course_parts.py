@@ -140,9 +140,9 @@ def test_assign_submissions_infers_the_one_assignment_or_says_why(tmp_path: Path
     assert {a for _, _, a, _ in forced} == {"ex02_halting_rule"}
     with pytest.raises(ValueError, match="unknown assignment 'ex09'"):
         batch.assign_submissions(batch.discover(tmp_path), manifest, "ex09")
-    assert "not a readable notebook" in batch.unreadable_reason(tmp_path / "carol.ipynb")
-    (tmp_path / "list.ipynb").write_text("[1, 2]")
-    assert "no list of cells" in batch.unreadable_reason(tmp_path / "list.ipynb")
+    assert "is not a readable .ipynb notebook (JSONDecodeError" in batch.unreadable_reason(tmp_path / "carol.ipynb")
+    (tmp_path / "list.ipynb").write_text('{"cells": 3}')
+    assert "is not a readable .ipynb notebook (TypeError" in batch.unreadable_reason(tmp_path / "list.ipynb")
     assert batch.unreadable_reason(tmp_path / "alice.ipynb") == ""
 
 

@@ -297,5 +297,5 @@ def test_every_assignment_solved_scores_full_marks_and_a_broken_file_costs_only_
     rows = _grade(assigned, single, tmp_path / "single.csv", "--no-otter")
     carol = [r for r in rows if r["student"] == "carol"]
     assert [r["question"] for r in carol] == QUESTIONS and {r["points"] for r in carol} == {"0"}
-    assert all("not a readable notebook" in r["feedback"] for r in carol)
+    assert all("is not a readable .ipynb notebook" in r["feedback"] for r in carol)
     assert {r["points"] for r in rows if r["student"] == "dora"} == {str(PER_QUESTION)}

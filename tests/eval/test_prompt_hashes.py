@@ -98,7 +98,7 @@ def _converted_tokenizer_files() -> list[Path]:
     from refreekv_edu import convert_cache, models
 
     art = models.ARTIFACTS["smollm2-135m"]
-    pattern = f"*/torch-v{convert_cache.CACHE_FORMAT}-tok{convert_cache.TOKENIZER_REVISION}-*/tokenizer.json"
+    pattern = f"*/{convert_cache.TORCH_FOLDER_PREFIX}*/tokenizer.json"
     found = []
     for path in sorted((models.cache_dir() / "converted").glob(pattern)):
         try:

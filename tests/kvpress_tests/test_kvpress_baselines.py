@@ -57,10 +57,12 @@ def test_each_press_keeps_the_papers_share_of_rows(bundled, press: str) -> None:
 
 def test_adakv_masks_per_head_and_frees_nothing(bundled) -> None:
     """AdaKV picks a budget per head, so it masks keys: every layer shows the paper's share, the bytes stay full."""
-    from refreekv_torch.kvpress_baselines import MASKING_PRESSES, generate_with_press
+    from refreekv_torch.kvpress_baselines import generate_with_press
+
+    from refreekv_edu.eval.methods import KVPRESS_MASKING
 
     model, tokenizer, prompt = bundled
-    assert MASKING_PRESSES == {"adakv"}
+    assert KVPRESS_MASKING == ("adakv",)
     full = rk.generate(model, tokenizer, prompt, rk.FullCache(), max_new_tokens=8)
     paper = rk.generate(model, tokenizer, prompt, rk.ReFreeKV(), max_new_tokens=4)
     budget = paper.trace.mean_budget
